@@ -1,0 +1,1 @@
+"""``vpccni``: the operator command line (sim, introspect, max-pods, conf ...)."""

@@ -1,0 +1,1 @@
+"""ipamd: the node daemon that owns the node's ENIs and addresses."""
