@@ -1,0 +1,99 @@
+"""Decoding and validating the plugin configuration read from stdin.
+
+Order matters for the error codes: undecodable JSON -> 6; an unsupported ``cniVersion`` ->
+1; anything the JSON Schemas reject -> 7 with the JSON path of every offending field.
+"""
+
+from __future__ import annotations
+
+import json
+from functools import cache
+from typing import Any
+
+from vpccni.core import errors
+from vpccni.core import version as cniversion
+
+#: conf `type` -> schema name in vpccni.conf.schemas (besides the shared netconf schema).
+TYPE_SCHEMAS = {"egress-cni": "egress-cni"}
+DEFAULT_TYPE_SCHEMA = "aws-cni"
+
+MTU_RANGE = {4: (576, 9001), 6: (1280, 9001)}
+
+
+def decode(raw: bytes) -> dict[str, Any]:
+    try:
+        conf = json.loads(raw)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise errors.decoding_failure(f"stdin is not valid JSON: {exc}") from None
+    if not isinstance(conf, dict):
+        raise errors.decoding_failure(
+            f"stdin must hold a JSON object, not {type(conf).__name__}"
+        )
+    return conf
+
+
+@cache
+def _validator(schema_name: str) -> Any:
+    # jsonschema is the heaviest import of ADD; VERSION never gets here.
+    import jsonschema  # noqa: PLC0415
+
+    from vpccni import conf as shipped  # noqa: PLC0415
+
+    schema = shipped.schema(schema_name)
+    return jsonschema.Draft202012Validator(schema)
+
+
+def schema_problems(instance: Any, schema_name: str, prefix: str = "$") -> list[str]:
+    """Every violation of ``schema_name`` as ``"<json path>: <message>"``, sorted by path."""
+    problems = []
+    for error in _validator(schema_name).iter_errors(instance):
+        path = prefix + error.json_path[1:]
+        problems.append(f"{path}: {error.message}")
+    return sorted(problems)
+
+
+def validate(conf: dict[str, Any]) -> dict[str, Any]:
+    """Return ``conf`` when valid; raise the right CniError otherwise."""
+    raw_version = conf.get("cniVersion")
+    if not isinstance(raw_version, str):
+        raise errors.invalid_config("$.cniVersion: required string is missing")
+    cniversion.require_supported(raw_version)
+    problems = schema_problems(conf, "netconf")
+    if not problems:
+        type_schema = TYPE_SCHEMAS.get(str(conf.get("type")), DEFAULT_TYPE_SCHEMA)
+        problems = schema_problems(conf, type_schema)
+    mtu = conf.get("mtu")
+    if isinstance(mtu, str) and mtu.isdigit():
+        low, high = MTU_RANGE[4]
+        if not low <= int(mtu) <= high:
+            problems.append(f"$.mtu: {mtu!r} is outside {low}-{high}")
+    if problems:
+        raise errors.invalid_config("; ".join(sorted(problems)))
+    return conf
+
+
+def check_mtu_for_family(conf: dict[str, Any] | Any, family: int, default: int = 9001) -> int:
+    """The pod MTU for an address family; 7 names ``$.mtu`` when out of that family's range."""
+    raw = conf.get("mtu", default)
+    mtu = int(raw)
+    low, high = MTU_RANGE[family]
+    if not low <= mtu <= high:
+        raise errors.invalid_config(
+            f"$.mtu: {raw!r} is outside {low}-{high}, the range for IPv{family} pods"
+        )
+    return mtu
+
+
+def validate_driver_section(conf: dict[str, Any], name: str, schema: Any) -> dict[str, Any]:
+    section = (conf.get("drivers") or {}).get(name, {})
+    if schema is None:
+        return dict(section)
+    import jsonschema  # noqa: PLC0415
+
+    validator = jsonschema.Draft202012Validator(schema)
+    problems = sorted(
+        f"$.drivers.{name}{e.json_path[1:]}: {e.message}" for e in validator.iter_errors(section)
+    )
+    if problems:
+        raise errors.invalid_config("; ".join(problems))
+    return dict(section)

@@ -1,0 +1,137 @@
+"""Where the plugin keeps what DEL, CHECK and GET need later.
+
+Format ``vpccni-attachment/1`` (version notes below), one JSON file per attachment under
+``<stateDir>/attachments/<network>-<container>-<ifname>.json``, written atomically.  It is
+documented and versioned on purpose: upstream hides DEL state in a result's ``mac`` field.
+
+Version 1: kind, networkName, containerId, ifName, cniVersion, driver, result (encoded at
+1.1.0), allocation (the ipamd allocation that ADD used, or null for chained drivers).
+
+GET prefers the runtime's own cache (libcni: ``<cacheDir>/results/<net>-<cid>-<ifname>``),
+which holds the result the runtime last returned for the whole chain.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from dataclasses import dataclass
+from typing import Any
+
+from vpccni.core.ipam import AddressAssignment
+from vpccni.core.ipam import Allocation
+from vpccni.core.ipam import AttachmentKey
+from vpccni.core.result import Result
+
+KIND = "vpccni-attachment/1"
+DEFAULT_STATE_DIR = "/var/lib/cni/vpccni"
+DEFAULT_RUNTIME_CACHE_DIR = "/var/lib/cni"
+
+
+@dataclass(frozen=True, slots=True)
+class AttachmentRecord:
+    key: AttachmentKey
+    cni_version: str
+    driver: str
+    result: Result
+    allocation: Allocation | None
+
+
+def allocation_to_json(allocation: Allocation) -> dict[str, Any]:
+    return dataclasses.asdict(allocation)
+
+
+def allocation_from_json(raw: dict[str, Any]) -> Allocation:
+    return Allocation(
+        key=AttachmentKey(**raw["key"]),
+        driver=raw["driver"],
+        addresses=tuple(AddressAssignment(**a) for a in raw["addresses"]),
+        vpc_cidrs=tuple(raw.get("vpc_cidrs", ())),
+        use_external_snat=bool(raw.get("use_external_snat", False)),
+        driver_data=dict(raw.get("driver_data", {})),
+    )
+
+
+class AttachmentStore:
+    def __init__(self, state_dir: str = DEFAULT_STATE_DIR) -> None:
+        self.state_dir = state_dir
+
+    def _path(self, key: AttachmentKey) -> str:
+        return os.path.join(self.state_dir, "attachments", key.slug() + ".json")
+
+    def save(self, record: AttachmentRecord) -> None:
+        path = self._path(record.key)
+        os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
+        body = {
+            "kind": KIND,
+            "networkName": record.key.network_name,
+            "containerId": record.key.container_id,
+            "ifName": record.key.ifname,
+            "cniVersion": record.cni_version,
+            "driver": record.driver,
+            "result": record.result.encode("1.1.0"),
+            "allocation": None
+            if record.allocation is None
+            else allocation_to_json(record.allocation),
+        }
+        tmp = f"{path}.tmp.{os.getpid()}"
+        with open(tmp, "w") as f:
+            json.dump(body, f, indent=1, sort_keys=True)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+
+    def load(self, key: AttachmentKey) -> AttachmentRecord | None:
+        try:
+            with open(self._path(key)) as f:
+                raw = json.load(f)
+        except FileNotFoundError:
+            return None
+        if raw.get("kind") != KIND:
+            return None
+        alloc = raw.get("allocation")
+        return AttachmentRecord(
+            key=key,
+            cni_version=raw["cniVersion"],
+            driver=raw["driver"],
+            result=Result.decode(raw["result"], where="stored result"),
+            allocation=None if alloc is None else allocation_from_json(alloc),
+        )
+
+    def remove(self, key: AttachmentKey) -> None:
+        try:
+            os.unlink(self._path(key))
+        except FileNotFoundError:
+            pass
+
+    def keys(self, network_name: str) -> list[AttachmentKey]:
+        folder = os.path.join(self.state_dir, "attachments")
+        try:
+            names = os.listdir(folder)
+        except FileNotFoundError:
+            return []
+        found = []
+        for name in names:
+            if not name.endswith(".json"):
+                continue
+            try:
+                with open(os.path.join(folder, name)) as f:
+                    raw = json.load(f)
+            except (OSError, ValueError):
+                continue
+            if raw.get("kind") == KIND and raw.get("networkName") == network_name:
+                found.append(AttachmentKey(network_name, raw["containerId"], raw["ifName"]))
+        return sorted(found)
+
+
+def read_runtime_cache(cache_dir: str, key: AttachmentKey) -> dict[str, Any] | None:
+    """The result libcni cached for this attachment, or None."""
+    path = os.path.join(cache_dir, "results", key.slug())
+    try:
+        with open(path) as f:
+            raw = json.load(f)
+    except (FileNotFoundError, ValueError):
+        return None
+    result = raw.get("result") if isinstance(raw, dict) else None
+    return result if isinstance(result, dict) else None
