@@ -15,6 +15,7 @@ from collections.abc import Sequence
 #: subcommand name -> module providing ``register(subparsers)``
 SUBCOMMANDS: dict[str, str] = {
     "conf": "vpccni.cli.conf_cmd",
+    "install-cni": "vpccni.cli.install_cmd",
     "sim": "vpccni.sim.cli",
 }
 

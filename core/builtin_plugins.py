@@ -35,7 +35,11 @@ class TimingPlugin:
             elapsed_ms = (time.monotonic() - started) * 1000
             log.info(
                 "command %s container=%s ifname=%s took %.1f ms ok=%s",
-                invocation.command, invocation.container_id, invocation.ifname, elapsed_ms, ok,
+                invocation.command,
+                invocation.container_id,
+                invocation.ifname,
+                elapsed_ms,
+                ok,
             )
             path = os.environ.get("VPCCNI_TIMING_FILE")
             if path:

@@ -1,15 +1,21 @@
 """Entry point of the ``aws-cni`` and ``egress-cni`` executables.
 
-Kept tiny on purpose: VERSION must not import more than the standard library and our
-version module (the import closure is measured by bench/plugin_coldstart.py).
+Kept tiny on purpose: VERSION is answered from the standard library and our version
+table alone (the runtime asks it before every ADD), everything else goes through
+:func:`vpccni.core.dispatch.run`.  The import closure is measured by
+bench/plugin_coldstart.py.
 """
 
 from __future__ import annotations
 
 import os
-import signal
 import sys
-from types import FrameType
+
+TYPE_CHECKING = False  # not typing.TYPE_CHECKING: importing typing costs ~2 ms here
+
+if TYPE_CHECKING:
+    from types import FrameType
+    from typing import BinaryIO
 
 #: Hard deadline for one invocation, shorter than kubelet's; overridable for debugging.
 TIMEOUT_ENV = "VPCCNI_PLUGIN_TIMEOUT_SECONDS"
@@ -20,11 +26,46 @@ def _on_alarm(_signum: int, _frame: FrameType | None) -> None:
     from vpccni.core import errors  # noqa: PLC0415
 
     raise errors.try_again_later(
-        "plugin timed out", f"the invocation took longer than {os.environ.get(TIMEOUT_ENV, DEFAULT_TIMEOUT_S)} s"
+        "plugin timed out",
+        f"the invocation took longer than {os.environ.get(TIMEOUT_ENV, DEFAULT_TIMEOUT_S)} s",
     )
 
 
+def _fast_version(raw: bytes) -> int | None:
+    """Answer VERSION without the runtime, or None to take the general path."""
+    import json  # noqa: PLC0415
+
+    from vpccni.core import version  # noqa: PLC0415
+
+    asked = None
+    if raw.strip():
+        try:
+            body = json.loads(raw)
+        except ValueError:
+            return None  # the general path reports the decoding error properly
+        if not isinstance(body, dict):
+            return None
+        asked = body.get("cniVersion")
+    reply = asked if asked in version.SUPPORTED else version.SUPPORTED[-1]
+    out = {"cniVersion": reply, "supportedVersions": list(version.SUPPORTED)}
+    sys.stdout.write(json.dumps(out) + "\n")
+    sys.stdout.flush()
+    return 0
+
+
 def main() -> int:
+    stdin: BinaryIO = sys.stdin.buffer
+    if os.environ.get("CNI_COMMAND") == "VERSION":
+        raw = stdin.read()
+        answered = _fast_version(raw)
+        if answered is not None:
+            return answered
+        import io  # noqa: PLC0415
+
+        stdin = io.BytesIO(raw)
+
+    import signal  # noqa: PLC0415
+
     from vpccni.core.dispatch import run  # noqa: PLC0415
 
     try:
@@ -34,7 +75,7 @@ def main() -> int:
     if timeout > 0:
         signal.signal(signal.SIGALRM, _on_alarm)
         signal.alarm(timeout)
-    status = run(os.environ, sys.stdin.buffer, sys.stdout, sys.stderr)
+    status = run(os.environ, stdin, sys.stdout, sys.stderr)
     signal.alarm(0)
     return status
 

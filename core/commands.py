@@ -14,6 +14,7 @@ import logging
 import os
 from collections.abc import Mapping
 from typing import Any
+from typing import cast
 
 from vpccni.core import errors
 from vpccni.core import netconf
@@ -92,12 +93,18 @@ class Runtime:
             self._ipam = make_ipam(self.conf)
         return self._ipam
 
-    def _context(self, name: str, driver: Driver, key: AttachmentKey | None = None) -> DriverContext:
+    def _context(
+        self,
+        name: str,
+        driver: Driver,
+        key: AttachmentKey | None = None,
+        invocation: Invocation | None = None,
+    ) -> DriverContext:
         schema = driver.info.conf_schema
         section = netconf.validate_driver_section(self.conf, name, schema)
         runtime_config = self.conf.get("runtimeConfig") or {}
         return DriverContext(
-            invocation=self.inv,
+            invocation=invocation or self.inv,
             key=key or self.key,
             cni_version=self.cni_version,
             conf=self.conf,
@@ -130,8 +137,7 @@ class Runtime:
             raise errors.invalid_config(f"$.type: driver {name!r} is a chained driver")
         if not driver.info.implemented and not for_delete:
             raise errors.not_implemented(name, driver.info.summary or "its feature is not built")
-        assert isinstance(driver, AttachmentDriver)  # noqa: S101 - kind checked above
-        return driver
+        return cast(AttachmentDriver, driver)  # kind checked above
 
     def _chained_driver(self, name: str, for_delete: bool = False) -> ChainedDriver:
         driver = registry.load_driver(name)
@@ -139,8 +145,7 @@ class Runtime:
             raise errors.invalid_config(f"$.type: driver {name!r} is not a chained driver")
         if not driver.info.implemented and not for_delete:
             raise errors.not_implemented(name, driver.info.summary or "its feature is not built")
-        assert isinstance(driver, ChainedDriver)  # noqa: S101
-        return driver
+        return cast(ChainedDriver, driver)  # kind checked above
 
     def _prev_result(self, required: bool) -> Result | None:
         raw = self.conf.get("prevResult")
@@ -179,11 +184,11 @@ class Runtime:
             raise errors.invalid_environment([f"CNI_NETNS: {self.inv.netns} does not exist"])
         chained = self._chained_name()
         if chained:
-            driver = self._chained_driver(chained)
-            ctx = self._context(chained, driver)
+            link = self._chained_driver(chained)
+            ctx = self._context(chained, link)
             prev = self._prev_result(required=True)
             assert prev is not None  # noqa: S101
-            result = self._guarded(ctx, lambda: driver.add(ctx, prev))
+            result = self._guarded(ctx, lambda: link.add(ctx, prev))
             self._save(ctx, chained, result, None)
             return self._added(result)
 
@@ -236,14 +241,18 @@ class Runtime:
                 raise
             details = repr(exc) + (f" (undo incomplete: {'; '.join(failed)})" if failed else "")
             raise errors.CniError(
-                errors.PluginCode.NETNS_PLUMBING_FAILED, "add: failed to set up the pod network", details
+                errors.PluginCode.NETNS_PLUMBING_FAILED,
+                "add: failed to set up the pod network",
+                details,
             ) from exc
 
     def _save(
         self, ctx: DriverContext, name: str, result: Result, allocation: Allocation | None
     ) -> None:
         try:
-            self.store.save(AttachmentRecord(self.key, self.cni_version, name, result, allocation))
+            self.store.save(
+                AttachmentRecord(self.key, self.cni_version, name, result, allocation, self.inv)
+            )
         except OSError as exc:
             failed = ctx.undo.unwind()
             raise errors.CniError(
@@ -274,8 +283,8 @@ class Runtime:
         prev = prev or (record.result if record else None)
         chained = self._chained_name()
         if chained:
-            driver = self._chained_driver(chained, for_delete=True)
-            driver.delete(self._context(chained, driver), prev)
+            link = self._chained_driver(chained, for_delete=True)
+            link.delete(self._context(chained, link), prev)
         else:
             released: Allocation | None = None
             try:
@@ -310,17 +319,15 @@ class Runtime:
         record = self.store.load(self.key)
         chained = self._chained_name()
         if chained:
-            driver = self._chained_driver(chained)
-            driver.check(self._context(chained, driver), prev)
+            link = self._chained_driver(chained)
+            link.check(self._context(chained, link), prev)
             return None
         try:
             allocation = self.ipam.lookup(self.key)
         except IpamError as exc:
             raise exc.to_cni_error("check") from None
         if allocation is None:
-            raise errors.unknown_container(
-                f"ipamd holds no addresses for {self.key.slug()}"
-            )
+            raise errors.unknown_container(f"ipamd holds no addresses for {self.key.slug()}")
         name = allocation.driver or (record.driver if record else self.type)
         driver = self._attachment_driver(name)
         driver.check(self._context(name, driver), allocation, prev)
@@ -354,12 +361,13 @@ class Runtime:
             if record is None:
                 continue
             try:
-                driver = registry.load_driver(record.driver)
-                ctx = self._context(record.driver, driver, key)
-                if isinstance(driver, AttachmentDriver) and driver.info.kind == "attachment":
-                    driver.delete(ctx, record.allocation, record.result)
-                elif isinstance(driver, ChainedDriver):
-                    driver.delete(ctx, record.result)
+                found = registry.load_driver(record.driver)
+                # The driver tears down as a DEL of that attachment would.
+                ctx = self._context(record.driver, found, key, record.invocation)
+                if found.info.kind == "attachment":
+                    cast(AttachmentDriver, found).delete(ctx, record.allocation, record.result)
+                else:
+                    cast(ChainedDriver, found).delete(ctx, record.result)
             except errors.CniError as exc:
                 self.log.warning("GC of %s: driver cleanup failed: %s", key.slug(), exc)
             self.store.remove(key)

@@ -43,6 +43,7 @@ def run(env: Mapping[str, str], stdin: BinaryIO, stdout: TextIO, stderr: TextIO)
         from vpccni.core import netconf  # noqa: PLC0415
         from vpccni.core.plugins import Hooks  # noqa: PLC0415
 
+        logsetup.configure(None, stderr)  # until the configuration names the log file
         conf = netconf.decode(raw)
         requested = conf.get("cniVersion")
         if isinstance(requested, str) and requested in cniversion.SUPPORTED:
@@ -67,8 +68,6 @@ def run(env: Mapping[str, str], stdin: BinaryIO, stdout: TextIO, stderr: TextIO)
         return _fail(stdout, exc, reply_version)
     except BaseException as exc:  # any bug becomes a CNI error; the traceback goes to the log
         log.error("%s failed unexpectedly:\n%s", _command(invocation), traceback.format_exc())
-        if not logging.getLogger("vpccni").handlers:
-            print(traceback.format_exc(), file=stderr)
         error = errors.CniError(errors.SpecCode.INTERNAL, "internal error", repr(exc))
         return _fail(stdout, error, reply_version)
 

@@ -13,7 +13,6 @@ from collections.abc import Mapping
 from typing import Any
 
 import pluggy
-
 from vpccni.core.errors import CniError
 from vpccni.core.invocation import Invocation
 from vpccni.core.result import Result
@@ -33,9 +32,7 @@ def vpccni_validate_conf(conf: Mapping[str, Any]) -> list[str]:  # type: ignore[
 
 
 @hookspec(firstresult=True)
-def vpccni_command(  # type: ignore[empty-body]
-    invocation: Invocation, conf: Mapping[str, Any], run: Callable[[], Any]
-) -> Any:
+def vpccni_command(invocation: Invocation, conf: Mapping[str, Any], run: Callable[[], Any]) -> Any:
     """Run one command.  The core implements it (``run()``, the command itself); plugins
     wrap it with ``@hookimpl(wrapper=True)`` for timing, metrics or log correlation, the
     way pytest plugins wrap ``pytest_runtest_call``::

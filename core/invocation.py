@@ -69,6 +69,15 @@ class Invocation:
         return (self.container_id, self.ifname)
 
 
+def k8s_args(args: Mapping[str, str]) -> K8sArgs:
+    return K8sArgs(
+        pod_name=args.get("K8S_POD_NAME", ""),
+        pod_namespace=args.get("K8S_POD_NAMESPACE", ""),
+        infra_container_id=args.get("K8S_POD_INFRA_CONTAINER_ID", ""),
+        pod_uid=args.get("K8S_POD_UID", ""),
+    )
+
+
 def validate_ifname(name: str) -> str | None:
     """Why ``name`` cannot be a Linux interface name, or None when it can."""
     if not name:
@@ -118,7 +127,9 @@ def from_environ(env: Mapping[str, str]) -> Invocation:
             raise errors.invalid_environment(
                 [f"CNI_COMMAND: unknown command {raw_command!r} (expected one of {valid})"]
             ) from None
-        raise errors.invalid_environment([f"CNI_COMMAND: not set (expected one of {valid})"])
+        raise errors.invalid_environment(
+            [f"CNI_COMMAND: not set (expected one of {valid})"]
+        ) from None
 
     for var, required_for in _REQUIRED:
         if command in required_for and not env.get(var):
@@ -144,12 +155,7 @@ def from_environ(env: Mapping[str, str]) -> Invocation:
         raise errors.invalid_environment(problems)
 
     path = tuple(p for p in env.get("CNI_PATH", "").split(":") if p)
-    k8s = K8sArgs(
-        pod_name=args.get("K8S_POD_NAME", ""),
-        pod_namespace=args.get("K8S_POD_NAMESPACE", ""),
-        infra_container_id=args.get("K8S_POD_INFRA_CONTAINER_ID", ""),
-        pod_uid=args.get("K8S_POD_UID", ""),
-    )
+    k8s = k8s_args(args)
     return Invocation(
         command=command,
         container_id=container_id,

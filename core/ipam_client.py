@@ -41,7 +41,8 @@ class IpamdClient:
 
     def _not_built(self) -> errors.CniError:
         return errors.not_implemented(
-            "ipamd gRPC client", f"ipamd at {self.socket_path} answers, but this build cannot talk to it yet"
+            "ipamd gRPC client",
+            f"ipamd at {self.socket_path} answers, but this build cannot talk to it yet",
         )
 
     def allocate(self, request: AllocateRequest) -> Allocation:

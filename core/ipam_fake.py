@@ -39,7 +39,9 @@ class FakeIpam:
             raise ValueError("pools: at least one CIDR is required")
         self._pools = [ipaddress.ip_network(p) for p in pools]
         self._driver = driver
-        self._vpc_cidrs = tuple(vpc_cidrs if vpc_cidrs is not None else [str(p) for p in self._pools])
+        self._vpc_cidrs = tuple(
+            vpc_cidrs if vpc_cidrs is not None else [str(p) for p in self._pools]
+        )
         # key slug -> record (plain JSON so FileIpam can persist it as is)
         self._assigned: dict[str, dict[str, Any]] = {}
         self.closed = False
@@ -153,9 +155,7 @@ class FileIpam(FakeIpam):
         except FileNotFoundError:
             return {}
         if data.get("kind") != _STATE_KIND:
-            raise IpamError(
-                FailureReason.INTERNAL, f"{self._path}: not a {_STATE_KIND} file"
-            )
+            raise IpamError(FailureReason.INTERNAL, f"{self._path}: not a {_STATE_KIND} file")
         assigned: dict[str, dict[str, Any]] = data["assigned"]
         return assigned
 

@@ -31,13 +31,13 @@ def configure(conf: Mapping[str, Any] | None, stderr: TextIO | None = None) -> N
     conf = conf or {}
     target = str(conf.get("pluginLogFile") or "stderr")
     level = _LEVELS.get(str(conf.get("pluginLogLevel") or "info").lower(), logging.INFO)
-    handler: logging.Handler
+    out: logging.Handler
     if target == "stderr":
-        handler = logging.StreamHandler(stderr or sys.stderr)
+        out = logging.StreamHandler(stderr or sys.stderr)
     else:
         os.makedirs(os.path.dirname(target) or ".", exist_ok=True)
-        handler = logging.FileHandler(target)
-    handler.setFormatter(logging.Formatter(FORMAT))
-    root.addHandler(handler)
+        out = logging.FileHandler(target)
+    out.setFormatter(logging.Formatter(FORMAT))
+    root.addHandler(out)
     root.setLevel(level)
     root.propagate = False

@@ -26,9 +26,7 @@ def decode(raw: bytes) -> dict[str, Any]:
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise errors.decoding_failure(f"stdin is not valid JSON: {exc}") from None
     if not isinstance(conf, dict):
-        raise errors.decoding_failure(
-            f"stdin must hold a JSON object, not {type(conf).__name__}"
-        )
+        raise errors.decoding_failure(f"stdin must hold a JSON object, not {type(conf).__name__}")
     return conf
 
 
@@ -36,7 +34,6 @@ def decode(raw: bytes) -> dict[str, Any]:
 def _validator(schema_name: str) -> Any:
     # jsonschema is the heaviest import of ADD; VERSION never gets here.
     import jsonschema  # noqa: PLC0415
-
     from vpccni import conf as shipped  # noqa: PLC0415
 
     schema = shipped.schema(schema_name)

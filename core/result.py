@@ -68,9 +68,7 @@ class Result:
         if ips:
             out["ips"] = ips
         if self.routes:
-            out["routes"] = [
-                {"dst": r.dst, **({"gw": r.gw} if r.gw else {})} for r in self.routes
-            ]
+            out["routes"] = [{"dst": r.dst, **({"gw": r.gw} if r.gw else {})} for r in self.routes]
         out["dns"] = dict(self.dns)
         return out
 

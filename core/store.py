@@ -5,7 +5,8 @@ Format ``vpccni-attachment/1`` (version notes below), one JSON file per attachme
 documented and versioned on purpose: upstream hides DEL state in a result's ``mac`` field.
 
 Version 1: kind, networkName, containerId, ifName, cniVersion, driver, result (encoded at
-1.1.0), allocation (the ipamd allocation that ADD used, or null for chained drivers).
+1.1.0), allocation (the ipamd allocation that ADD used, or null for chained drivers),
+invocation (netns and CNI_ARGS of ADD, so GC can tear down as that attachment's DEL would).
 
 GET prefers the runtime's own cache (libcni: ``<cacheDir>/results/<net>-<cid>-<ifname>``),
 which holds the result the runtime last returned for the whole chain.
@@ -19,6 +20,9 @@ import os
 from dataclasses import dataclass
 from typing import Any
 
+from vpccni.core.invocation import Command
+from vpccni.core.invocation import Invocation
+from vpccni.core.invocation import k8s_args
 from vpccni.core.ipam import AddressAssignment
 from vpccni.core.ipam import Allocation
 from vpccni.core.ipam import AttachmentKey
@@ -36,6 +40,8 @@ class AttachmentRecord:
     driver: str
     result: Result
     allocation: Allocation | None
+    #: ADD's invocation, for teardown without the original caller (GC).
+    invocation: Invocation
 
 
 def allocation_to_json(allocation: Allocation) -> dict[str, Any]:
@@ -74,6 +80,10 @@ class AttachmentStore:
             "allocation": None
             if record.allocation is None
             else allocation_to_json(record.allocation),
+            "invocation": {
+                "netns": record.invocation.netns,
+                "args": dict(record.invocation.args),
+            },
         }
         tmp = f"{path}.tmp.{os.getpid()}"
         with open(tmp, "w") as f:
@@ -91,12 +101,23 @@ class AttachmentStore:
         if raw.get("kind") != KIND:
             return None
         alloc = raw.get("allocation")
+        saved = raw.get("invocation") or {}
+        args = {str(k): str(v) for k, v in (saved.get("args") or {}).items()}
+        invocation = Invocation(
+            command=Command.DEL,
+            container_id=key.container_id,
+            netns=str(saved.get("netns") or ""),
+            ifname=key.ifname,
+            args=args,
+            k8s=k8s_args(args),
+        )
         return AttachmentRecord(
             key=key,
             cni_version=raw["cniVersion"],
             driver=raw["driver"],
             result=Result.decode(raw["result"], where="stored result"),
             allocation=None if alloc is None else allocation_from_json(alloc),
+            invocation=invocation,
         )
 
     def remove(self, key: AttachmentKey) -> None:

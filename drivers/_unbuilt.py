@@ -20,7 +20,9 @@ class UnbuiltAttachmentDriver:
     def add(self, ctx: DriverContext, allocation: Allocation) -> Result:
         raise self._refuse()
 
-    def delete(self, ctx: DriverContext, allocation: Allocation | None, prev: Result | None) -> None:
+    def delete(
+        self, ctx: DriverContext, allocation: Allocation | None, prev: Result | None
+    ) -> None:
         # Nothing can exist that this driver made: DEL succeeds (idempotent).
         return None
 

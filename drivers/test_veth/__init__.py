@@ -133,7 +133,9 @@ class TestVethDriver:
         finally:
             host.close()
 
-    def delete(self, ctx: DriverContext, allocation: Allocation | None, prev: Result | None) -> None:
+    def delete(
+        self, ctx: DriverContext, allocation: Allocation | None, prev: Result | None
+    ) -> None:
         # Deleting the host end removes the pod end and the host route with it; the pod's
         # namespace may already be gone (SPEC: DEL must still succeed).
         self._delete_link(_host_name(ctx))
@@ -155,7 +157,9 @@ class TestVethDriver:
             host.close()
         if problems:
             raise errors.CniError(
-                errors.PluginCode.NETNS_PLUMBING_FAILED, "check: pod network is not as set up", "; ".join(problems)
+                errors.PluginCode.NETNS_PLUMBING_FAILED,
+                "check: pod network is not as set up",
+                "; ".join(problems),
             )
 
     @staticmethod
@@ -173,17 +177,17 @@ class TestVethDriver:
             if want not in have:
                 problems.append(f"pod interface {ifname} lacks {want}/32")
             routes = [
-                r for r in host.get_routes(family=2, dst=want)
+                r
+                for r in host.get_routes(family=2, dst=want)
                 if r.get("dst_len") == 32 and host_links and r.get_attr("RTA_OIF") == host_links[0]
             ]
             if not routes:
                 problems.append(f"host route {want}/32 dev {host_name} is missing")
         defaults = [
-            r for r in pod.get_routes(family=2)
+            r
+            for r in pod.get_routes(family=2)
             if r.get("dst_len") == 0 and r.get_attr("RTA_GATEWAY") == GATEWAY_V4
         ]
         if not defaults:
             problems.append(f"pod default route via {GATEWAY_V4} is missing")
         return problems
-
-
