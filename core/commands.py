@@ -11,7 +11,6 @@ CHECK, STATUS, GC, GET: see the methods.
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import Mapping
 from typing import Any
 from typing import cast
@@ -32,6 +31,8 @@ from vpccni.core.ipam import AttachmentKey
 from vpccni.core.ipam import IpamApi
 from vpccni.core.ipam import IpamError
 from vpccni.core.ipam import PodRef
+from vpccni.core.netns import NetnsGone
+from vpccni.core.netns import NetnsHandles
 from vpccni.core.plugins import Hooks
 from vpccni.core.result import Result
 from vpccni.core.store import DEFAULT_RUNTIME_CACHE_DIR
@@ -61,10 +62,10 @@ def make_ipam(conf: Mapping[str, Any]) -> IpamApi:
             driver=section.get("driver", "test_veth"),
             vpc_cidrs=section.get("vpcCidrs"),
         )
-    from vpccni.core.ipam_client import DEFAULT_SOCKET  # noqa: PLC0415
-    from vpccni.core.ipam_client import IpamdClient  # noqa: PLC0415
+    from vpccni.core.ipam_grpc import DEFAULT_SOCKET  # noqa: PLC0415
+    from vpccni.core.ipam_grpc import GrpcIpamClient  # noqa: PLC0415
 
-    return IpamdClient(
+    return GrpcIpamClient(
         socket_path=section.get("socket", DEFAULT_SOCKET),
         timeout_s=float(section.get("timeoutSeconds", 10)),
     )
@@ -81,6 +82,8 @@ class Runtime:
         self.type = str(conf["type"])
         self.store = AttachmentStore(str(conf.get("stateDir") or DEFAULT_STATE_DIR))
         self._ipam: IpamApi | None = None
+        # Opened before the first ipamd call (see vpccni.core.netns); closed in execute().
+        self.netns = NetnsHandles(invocation.netns)
         self.log = logging.LoggerAdapter(
             logging.getLogger("vpccni.runtime"),
             {"container_id": invocation.container_id, "ifname": invocation.ifname},
@@ -110,6 +113,7 @@ class Runtime:
             conf=self.conf,
             section=section,
             ipam=self.ipam,
+            netns=self.netns if invocation is None else NetnsHandles(invocation.netns),
             log=logging.LoggerAdapter(
                 logging.getLogger(f"vpccni.drivers.{name}"),
                 {"container_id": self.inv.container_id, "driver": name},
@@ -176,12 +180,20 @@ class Runtime:
         try:
             return handler()
         finally:
+            self.netns.close()
             if self._ipam is not None:
                 self._ipam.close()
 
+    def _open_pod_netns(self) -> None:
+        try:
+            self.netns.open(require_pod=True)
+        except NetnsGone:
+            raise errors.invalid_environment(
+                [f"CNI_NETNS: {self.inv.netns} does not exist"]
+            ) from None
+
     def add(self) -> dict[str, Any]:
-        if not os.path.exists(self.inv.netns):
-            raise errors.invalid_environment([f"CNI_NETNS: {self.inv.netns} does not exist"])
+        self._open_pod_netns()
         chained = self._chained_name()
         if chained:
             link = self._chained_driver(chained)
@@ -274,6 +286,7 @@ class Runtime:
             self.log.warning("could not release the addresses of %s: %s", self.key.slug(), exc)
 
     def delete(self) -> None:
+        self.netns.open(require_pod=False)  # the pod may be gone: DEL still succeeds
         record = self.store.load(self.key)
         try:
             prev = self._prev_result(required=False)
@@ -312,8 +325,7 @@ class Runtime:
 
     def check(self) -> None:
         self._require_version(cniversion.CHECK_SINCE)
-        if not os.path.exists(self.inv.netns):
-            raise errors.invalid_environment([f"CNI_NETNS: {self.inv.netns} does not exist"])
+        self._open_pod_netns()
         prev = self._prev_result(required=True)
         assert prev is not None  # noqa: S101
         record = self.store.load(self.key)
@@ -364,10 +376,14 @@ class Runtime:
                 found = registry.load_driver(record.driver)
                 # The driver tears down as a DEL of that attachment would.
                 ctx = self._context(record.driver, found, key, record.invocation)
-                if found.info.kind == "attachment":
-                    cast(AttachmentDriver, found).delete(ctx, record.allocation, record.result)
-                else:
-                    cast(ChainedDriver, found).delete(ctx, record.result)
+                ctx.netns.open(require_pod=False)
+                try:
+                    if found.info.kind == "attachment":
+                        cast(AttachmentDriver, found).delete(ctx, record.allocation, record.result)
+                    else:
+                        cast(ChainedDriver, found).delete(ctx, record.result)
+                finally:
+                    ctx.netns.close()
             except errors.CniError as exc:
                 self.log.warning("GC of %s: driver cleanup failed: %s", key.slug(), exc)
             self.store.remove(key)

@@ -33,6 +33,7 @@ from vpccni.core.invocation import Invocation
 from vpccni.core.ipam import Allocation
 from vpccni.core.ipam import AttachmentKey
 from vpccni.core.ipam import IpamApi
+from vpccni.core.netns import NetnsHandles
 from vpccni.core.result import Result
 
 log = logging.getLogger(__name__)
@@ -89,6 +90,8 @@ class DriverContext:
     #: This driver's section, ``conf["drivers"][name]`` (validated by its schema), or {}.
     section: Mapping[str, Any]
     ipam: IpamApi
+    #: Pod and host netlink handles, opened by the runtime before any ipamd call.
+    netns: NetnsHandles
     log: logging.LoggerAdapter[logging.Logger]
     undo: UndoStack = field(default_factory=UndoStack)
     #: Pod annotations from runtimeConfig (capability io.kubernetes.cri.pod-annotations).

@@ -13,6 +13,7 @@ from collections.abc import Mapping
 from typing import Any
 
 import pluggy
+
 from vpccni.core.errors import CniError
 from vpccni.core.invocation import Invocation
 from vpccni.core.result import Result

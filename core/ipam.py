@@ -87,6 +87,7 @@ class FailureReason(enum.StrEnum):
     COOLDOWN = "cooldown"
     UNREACHABLE = "unreachable"
     INVALID_REQUEST = "invalid_request"
+    VERSION_MISMATCH = "version_mismatch"
     INTERNAL = "internal"
 
 
@@ -117,12 +118,17 @@ class IpamError(Exception):
             return errors.try_again_later(f"{during}: ipamd could not serve the request", details)
         if self.reason is FailureReason.INVALID_REQUEST:
             return errors.invalid_config(details)
-        code = (
-            errors.SpecCode.INTERNAL
-            if self.reason is FailureReason.INTERNAL
-            else errors.PluginCode.ADDRESS_UNAVAILABLE
+        if self.reason is FailureReason.VERSION_MISMATCH:
+            return errors.CniError(
+                errors.PluginCode.IPAMD_PROTOCOL, f"{during}: ipamd refused this plugin", details
+            )
+        if self.reason is FailureReason.INTERNAL:
+            return errors.CniError(errors.SpecCode.INTERNAL, f"{during}: ipamd failed", details)
+        return errors.CniError(
+            errors.PluginCode.ADDRESS_UNAVAILABLE,
+            f"{during}: failed to assign an IP address",
+            details,
         )
-        return errors.CniError(code, f"{during}: failed to assign an IP address", details)
 
 
 @dataclass(frozen=True, slots=True)

@@ -34,6 +34,7 @@ def decode(raw: bytes) -> dict[str, Any]:
 def _validator(schema_name: str) -> Any:
     # jsonschema is the heaviest import of ADD; VERSION never gets here.
     import jsonschema  # noqa: PLC0415
+
     from vpccni import conf as shipped  # noqa: PLC0415
 
     schema = shipped.schema(schema_name)

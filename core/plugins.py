@@ -27,6 +27,7 @@ class Hooks:
         if not names and not extra:
             return
         import pluggy  # noqa: PLC0415 - only when a plugin is configured
+
         from vpccni.core import hookspecs  # noqa: PLC0415
 
         class _CoreRunner:

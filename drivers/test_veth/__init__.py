@@ -19,9 +19,6 @@ from vpccni.core import netconf
 from vpccni.core.driver_api import DriverContext
 from vpccni.core.driver_api import DriverInfo
 from vpccni.core.ipam import Allocation
-from vpccni.core.netns import NetnsGone
-from vpccni.core.netns import open_host
-from vpccni.core.netns import open_netns
 from vpccni.core.result import Interface
 from vpccni.core.result import IPConfig
 from vpccni.core.result import Result
@@ -78,43 +75,33 @@ class TestVethDriver:
             if fail_after is not None and step > fail_after:
                 raise RuntimeError(f"injected failure after step {step} ({what})")
 
+        pod, host = ctx.netns.pod, ctx.netns.host
+        if host.link_lookup(ifname=host_name):
+            # A retried ADD: start from scratch, as upstream does.
+            host.link("del", ifname=host_name)
+        fd = os.open(ctx.invocation.netns, os.O_RDONLY)
         try:
-            pod = open_netns(ctx.invocation.netns)
-        except NetnsGone:
-            raise errors.invalid_environment(
-                [f"CNI_NETNS: {ctx.invocation.netns} does not exist"]
-            ) from None
-        host = open_host()
-        try:
-            if host.link_lookup(ifname=host_name):
-                # A retried ADD: start from scratch, as upstream does.
-                host.link("del", ifname=host_name)
-            fd = os.open(ctx.invocation.netns, os.O_RDONLY)
-            try:
-                host.link(
-                    "add", ifname=host_name, kind="veth", peer={"ifname": ifname, "net_ns_fd": fd}
-                )
-            finally:
-                os.close(fd)
-            ctx.undo.push("delete veth", lambda: self._delete_link(host_name))
-            done("veth")
-            host_index = host.link_lookup(ifname=host_name)[0]
-            host.link("set", index=host_index, mtu=mtu, state="up")
-            host_mac = host.get_links(host_index)[0].get_attr("IFLA_ADDRESS")
-            pod_index = pod.link_lookup(ifname=ifname)[0]
-            pod.link("set", index=pod_index, mtu=mtu, state="up")
-            pod_mac = pod.get_links(pod_index)[0].get_attr("IFLA_ADDRESS")
-            done("links up")
-            pod.addr("add", index=pod_index, address=address, prefixlen=32)
-            pod.route("replace", dst=f"{GATEWAY_V4}/32", oif=pod_index, scope=253)
-            pod.route("replace", dst="0.0.0.0/0", gateway=GATEWAY_V4, oif=pod_index)
-            pod.neigh("replace", dst=GATEWAY_V4, lladdr=host_mac, ifindex=pod_index, state=0x80)
-            done("pod side")
-            host.route("replace", dst=f"{address}/32", oif=host_index, scope=253)
-            done("host route")
+            host.link(
+                "add", ifname=host_name, kind="veth", peer={"ifname": ifname, "net_ns_fd": fd}
+            )
         finally:
-            pod.close()
-            host.close()
+            os.close(fd)
+        ctx.undo.push("delete veth", lambda: self._delete_link(host, host_name))
+        done("veth")
+        host_index = host.link_lookup(ifname=host_name)[0]
+        host.link("set", index=host_index, mtu=mtu, state="up")
+        host_mac = host.get_links(host_index)[0].get_attr("IFLA_ADDRESS")
+        pod_index = pod.link_lookup(ifname=ifname)[0]
+        pod.link("set", index=pod_index, mtu=mtu, state="up")
+        pod_mac = pod.get_links(pod_index)[0].get_attr("IFLA_ADDRESS")
+        done("links up")
+        pod.addr("add", index=pod_index, address=address, prefixlen=32)
+        pod.route("replace", dst=f"{GATEWAY_V4}/32", oif=pod_index, scope=253)
+        pod.route("replace", dst="0.0.0.0/0", gateway=GATEWAY_V4, oif=pod_index)
+        pod.neigh("replace", dst=GATEWAY_V4, lladdr=host_mac, ifindex=pod_index, state=0x80)
+        done("pod side")
+        host.route("replace", dst=f"{address}/32", oif=host_index, scope=253)
+        done("host route")
         return Result(
             interfaces=(
                 Interface(name=host_name, mac=host_mac),
@@ -123,38 +110,27 @@ class TestVethDriver:
             ips=(IPConfig(address=f"{address}/32", interface=1, gateway=GATEWAY_V4),),
         )
 
-    def _delete_link(self, name: str) -> None:
-        host = open_host()
+    @staticmethod
+    def _delete_link(host: Any, name: str) -> None:
         try:
             host.link("del", ifname=name)
         except Exception as exc:
             if _errno(exc) not in _GONE:
                 raise
-        finally:
-            host.close()
 
     def delete(
         self, ctx: DriverContext, allocation: Allocation | None, prev: Result | None
     ) -> None:
         # Deleting the host end removes the pod end and the host route with it; the pod's
         # namespace may already be gone (SPEC: DEL must still succeed).
-        self._delete_link(_host_name(ctx))
+        self._delete_link(ctx.netns.host, _host_name(ctx))
 
     def check(self, ctx: DriverContext, allocation: Allocation | None, prev: Result) -> None:
         host_name = _host_name(ctx)
         want = allocation.addresses[0].address if allocation and allocation.addresses else None
-        try:
-            pod = open_netns(ctx.invocation.netns)
-        except NetnsGone:
-            raise errors.invalid_environment(
-                [f"CNI_NETNS: {ctx.invocation.netns} does not exist"]
-            ) from None
-        host = open_host()
-        try:
-            problems = self._problems(host, pod, host_name, ctx.invocation.ifname, want)
-        finally:
-            pod.close()
-            host.close()
+        problems = self._problems(
+            ctx.netns.host, ctx.netns.pod, host_name, ctx.invocation.ifname, want
+        )
         if problems:
             raise errors.CniError(
                 errors.PluginCode.NETNS_PLUMBING_FAILED,
