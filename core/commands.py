@@ -82,6 +82,7 @@ class Runtime:
         self.type = str(conf["type"])
         self.store = AttachmentStore(str(conf.get("stateDir") or DEFAULT_STATE_DIR))
         self._ipam: IpamApi | None = None
+        self._chained: str | None = None
         # Opened before the first ipamd call (see vpccni.core.netns); closed in execute().
         self.netns = NetnsHandles(invocation.netns)
         self.log = logging.LoggerAdapter(
@@ -123,7 +124,14 @@ class Runtime:
         )
 
     def _chained_name(self) -> str | None:
-        return CHAINED_TYPES.get(self.type)
+        """The chained driver this configuration's type names, if it names one."""
+        if self._chained is None:
+            name = CHAINED_TYPES.get(self.type)
+            if name is None and self.type != IPAMD_CHOOSES:
+                # A type naming a driver: chained if that driver says so.
+                name = self.type if registry.load_driver(self.type).info.kind == "chained" else ""
+            self._chained = name or ""
+        return self._chained or None
 
     def _allowed(self, name: str) -> None:
         drivers = self.conf.get("drivers") or {}

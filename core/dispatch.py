@@ -69,6 +69,8 @@ def run(env: Mapping[str, str], stdin: BinaryIO, stdout: TextIO, stderr: TextIO)
     except BaseException as exc:  # any bug becomes a CNI error; the traceback goes to the log
         log.error("%s failed unexpectedly:\n%s", _command(invocation), traceback.format_exc())
         error = errors.CniError(errors.SpecCode.INTERNAL, "internal error", repr(exc))
+        if hooks is not None and invocation is not None:
+            hooks.command_failed(invocation, error)
         return _fail(stdout, error, reply_version)
 
 

@@ -19,6 +19,8 @@ class NetnsGone(Exception):
 
 def open_netns(path: str) -> Any:
     """An IPRoute bound to the namespace at ``path``; NetnsGone when it does not exist."""
+    if not path:
+        raise NetnsGone(path)  # pyroute2 would fail with EINVAL, which is not "gone"
     from pyroute2 import IPRoute  # noqa: PLC0415 - heavy; only invocations that plumb pay
 
     try:

@@ -29,9 +29,18 @@ def register_for_testing(name: str, cls: type[Any]) -> None:
     _overrides[name] = cls
 
 
+_loaded: dict[tuple[str, str], Any] = {}
+
+
 def _load(group: str, name: str) -> Any:
     if group == DRIVERS_GROUP and name in _overrides:
         return _overrides[name]
+    if (group, name) not in _loaded:
+        _loaded[(group, name)] = _resolve(group, name)
+    return _loaded[(group, name)]
+
+
+def _resolve(group: str, name: str) -> Any:
     from stevedore import driver as sd_driver  # noqa: PLC0415 - only pay for it when needed
     from stevedore.exception import NoMatches  # noqa: PLC0415
 
