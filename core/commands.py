@@ -195,10 +195,8 @@ class Runtime:
     def _open_pod_netns(self) -> None:
         try:
             self.netns.open(require_pod=True)
-        except NetnsGone:
-            raise errors.invalid_environment(
-                [f"CNI_NETNS: {self.inv.netns} does not exist"]
-            ) from None
+        except NetnsGone as exc:
+            raise errors.invalid_environment([f"CNI_NETNS: {self.inv.netns} {exc.why}"]) from None
 
     def add(self) -> dict[str, Any]:
         self._open_pod_netns()

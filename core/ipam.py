@@ -30,8 +30,15 @@ class AttachmentKey:
     ifname: str
 
     def slug(self) -> str:
-        # Same shape as libcni's cache file names: <network>-<container>-<ifname>.
+        """libcni's cache-file spelling, ``<network>-<container>-<ifname>``.  Ambiguous
+        (``n-a``/``b`` and ``n``/``a-b`` meet): for display and libcni's cache only."""
         return f"{self.network_name}-{self.container_id}-{self.ifname}"
+
+    def token(self) -> str:
+        """An unambiguous single-token spelling: network names and container ids never
+        contain '~' (the spec allows letters, digits, '_', '.', '-'), so the first two
+        '~' separate the parts whatever the ifname holds."""
+        return f"{self.network_name}~{self.container_id}~{self.ifname}"
 
 
 @dataclass(frozen=True, slots=True)

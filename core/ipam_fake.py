@@ -61,7 +61,7 @@ class FakeIpam:
             )
         driver = request.driver or self._driver
         with self._transaction() as assigned:
-            record = assigned.get(key.slug())
+            record = assigned.get(key.token())
             if record is None:
                 address = self._first_free(assigned)
                 record = {
@@ -72,17 +72,17 @@ class FakeIpam:
                     "driver": driver,
                     "pod": f"{request.pod.namespace}/{request.pod.name}",
                 }
-                assigned[key.slug()] = record
+                assigned[key.token()] = record
             return self._allocation(record)
 
     def release(self, key: AttachmentKey, reason: str = "PodDeleted") -> Allocation | None:
         with self._transaction() as assigned:
-            record = assigned.pop(key.slug(), None)
+            record = assigned.pop(key.token(), None)
         return None if record is None else self._allocation(record)
 
     def lookup(self, key: AttachmentKey) -> Allocation | None:
         with self._transaction() as assigned:
-            record = assigned.get(key.slug())
+            record = assigned.get(key.token())
         return None if record is None else self._allocation(record)
 
     def status(self) -> IpamStatus:

@@ -56,10 +56,8 @@ def validate(conf: dict[str, Any]) -> dict[str, Any]:
     if not isinstance(raw_version, str):
         raise errors.invalid_config("$.cniVersion: required string is missing")
     cniversion.require_supported(raw_version)
-    problems = schema_problems(conf, "netconf")
-    if not problems:
-        type_schema = TYPE_SCHEMAS.get(str(conf.get("type")), DEFAULT_TYPE_SCHEMA)
-        problems = schema_problems(conf, type_schema)
+    type_schema = TYPE_SCHEMAS.get(str(conf.get("type")), DEFAULT_TYPE_SCHEMA)
+    problems = schema_problems(conf, "netconf") + schema_problems(conf, type_schema)
     mtu = conf.get("mtu")
     if isinstance(mtu, str) and mtu.isdigit():
         low, high = MTU_RANGE[4]

@@ -10,11 +10,17 @@ handle (:meth:`NetnsHandles.open`) before it creates the ipamd channel, and driv
 
 from __future__ import annotations
 
+import errno
 from typing import Any
 
 
 class NetnsGone(Exception):
-    """The namespace path does not exist (any more)."""
+    """The namespace path does not exist (any more), or is not a network namespace."""
+
+    def __init__(self, path: str, why: str = "does not exist") -> None:
+        super().__init__(f"{path or '(empty)'} {why}")
+        self.path = path
+        self.why = why
 
 
 def open_netns(path: str) -> Any:
@@ -27,6 +33,10 @@ def open_netns(path: str) -> Any:
         return IPRoute(netns=path, flags=0)
     except FileNotFoundError:
         raise NetnsGone(path) from None
+    except OSError as exc:
+        if exc.errno in (errno.EINVAL, errno.EBADF, errno.ENOTDIR):
+            raise NetnsGone(path, "is not a network namespace") from None
+        raise
 
 
 def open_host() -> Any:

@@ -21,20 +21,26 @@ PLUGINS_GROUP = "vpccni.plugins"
 #: The attachment drivers ipamd may name when the configuration has no allowlist.
 DEFAULT_ENABLED = ("routed_eni", "branch_eni", "prefix", "multihome")
 
-_overrides: dict[str, type[Any]] = {}
+_overrides: dict[tuple[str, str], type[Any]] = {}
 
 
-def register_for_testing(name: str, cls: type[Any]) -> None:
-    """Make ``name`` resolve to ``cls`` in this process (stevedore's make_test_instance)."""
-    _overrides[name] = cls
+def register_for_testing(name: str, cls: type[Any], group: str = DRIVERS_GROUP) -> None:
+    """Make ``name`` in ``group`` resolve to ``cls`` in this process (stevedore's
+    make_test_instance), for drivers and pluggy plugins alike."""
+    _overrides[(group, name)] = cls
+
+
+def forget_for_testing(name: str, group: str = DRIVERS_GROUP) -> None:
+    """Undo :func:`register_for_testing` (the entry point resolves again)."""
+    _overrides.pop((group, name), None)
 
 
 _loaded: dict[tuple[str, str], Any] = {}
 
 
 def _load(group: str, name: str) -> Any:
-    if group == DRIVERS_GROUP and name in _overrides:
-        return _overrides[name]
+    if (group, name) in _overrides:
+        return _overrides[(group, name)]
     if (group, name) not in _loaded:
         _loaded[(group, name)] = _resolve(group, name)
     return _loaded[(group, name)]

@@ -1,7 +1,7 @@
 """Where the plugin keeps what DEL, CHECK and GET need later.
 
 Format ``vpccni-attachment/1`` (version notes below), one JSON file per attachment under
-``<stateDir>/attachments/<network>-<container>-<ifname>.json``, written atomically.  It is
+``<stateDir>/attachments/<network>~<container>~<ifname>.json``, written atomically.  It is
 documented and versioned on purpose: upstream hides DEL state in a result's ``mac`` field.
 
 Version 1: kind, networkName, containerId, ifName, cniVersion, driver, result (encoded at
@@ -64,7 +64,7 @@ class AttachmentStore:
         self.state_dir = state_dir
 
     def _path(self, key: AttachmentKey) -> str:
-        return os.path.join(self.state_dir, "attachments", key.slug() + ".json")
+        return os.path.join(self.state_dir, "attachments", key.token() + ".json")
 
     def save(self, record: AttachmentRecord) -> None:
         path = self._path(record.key)
@@ -98,7 +98,7 @@ class AttachmentStore:
                 raw = json.load(f)
         except FileNotFoundError:
             return None
-        if raw.get("kind") != KIND:
+        if raw.get("kind") != KIND or _key_of(raw) != key:
             return None
         alloc = raw.get("allocation")
         saved = raw.get("invocation") or {}
@@ -154,5 +154,14 @@ def read_runtime_cache(cache_dir: str, key: AttachmentKey) -> dict[str, Any] | N
             raw = json.load(f)
     except (FileNotFoundError, ValueError):
         return None
-    result = raw.get("result") if isinstance(raw, dict) else None
+    if not isinstance(raw, dict) or _key_of(raw) != key:
+        return None  # libcni's file names are ambiguous: trust the content, not the name
+    result = raw.get("result")
     return result if isinstance(result, dict) else None
+
+
+def _key_of(raw: dict[str, Any]) -> AttachmentKey:
+    # Both our records and libcni's cache files spell the key this way.
+    return AttachmentKey(
+        str(raw.get("networkName", "")), str(raw.get("containerId", "")), str(raw.get("ifName", ""))
+    )

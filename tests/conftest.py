@@ -12,6 +12,9 @@ import shutil
 
 import pytest
 
+# The simulator's fixtures (`sim`, `sim_factory`, ...) for every test package.
+pytest_plugins = ["vpccni.sim.fixtures"]
+
 
 def _netns_unavailable() -> str | None:
     if os.geteuid() != 0:
