@@ -24,6 +24,7 @@ from vpccni.core.result import IPConfig
 from vpccni.core.result import Result
 
 GATEWAY_V4 = "169.254.1.1"
+NUD_PERMANENT = 0x80
 _GONE = {errno.ENODEV, errno.ENOENT, errno.ESRCH, errno.EADDRNOTAVAIL}
 
 
@@ -98,7 +99,9 @@ class TestVethDriver:
         pod.addr("add", index=pod_index, address=address, prefixlen=32)
         pod.route("replace", dst=f"{GATEWAY_V4}/32", oif=pod_index, scope=253)
         pod.route("replace", dst="0.0.0.0/0", gateway=GATEWAY_V4, oif=pod_index)
-        pod.neigh("replace", dst=GATEWAY_V4, lladdr=host_mac, ifindex=pod_index, state=0x80)
+        pod.neigh(
+            "replace", dst=GATEWAY_V4, lladdr=host_mac, ifindex=pod_index, state=NUD_PERMANENT
+        )
         done("pod side")
         host.route("replace", dst=f"{address}/32", oif=host_index, scope=253)
         done("host route")
@@ -152,13 +155,33 @@ class TestVethDriver:
             have = {a.get_attr("IFA_ADDRESS") for a in pod.get_addr(index=pod_links[0])}
             if want not in have:
                 problems.append(f"pod interface {ifname} lacks {want}/32")
+            # NOTE: get_routes(dst=...) makes the kernel do a route *lookup*, which fails with
+            # ENETUNREACH when nothing matches; list the table and filter instead.
             routes = [
                 r
-                for r in host.get_routes(family=2, dst=want)
-                if r.get("dst_len") == 32 and host_links and r.get_attr("RTA_OIF") == host_links[0]
+                for r in host.get_routes(family=2)
+                if r.get_attr("RTA_DST") == want
+                and r.get("dst_len") == 32
+                and host_links
+                and r.get_attr("RTA_OIF") == host_links[0]
             ]
             if not routes:
                 problems.append(f"host route {want}/32 dev {host_name} is missing")
+        if host_links:
+            # The pod reaches everything through a permanent neighbour entry for the
+            # gateway; a MAC change on the pod side (tuning) flushes it silently.
+            host_mac = host.get_links(host_links[0])[0].get_attr("IFLA_ADDRESS")
+            neighbours = [
+                n
+                for n in pod.get_neighbours(family=2, ifindex=pod_links[0])
+                if n.get_attr("NDA_DST") == GATEWAY_V4
+                and n.get("state") == NUD_PERMANENT
+                and n.get_attr("NDA_LLADDR") == host_mac
+            ]
+            if not neighbours:
+                problems.append(
+                    f"pod neighbour entry {GATEWAY_V4} -> {host_mac} (permanent) is missing"
+                )
         defaults = [
             r
             for r in pod.get_routes(family=2)

@@ -1,8 +1,9 @@
 """The IpamApi contract, run against every implementation.
 
-Implementations today: ``FakeIpam`` (in memory) and ``FileIpam`` (JSON file under flock).
-The gRPC client to vpccni-ipamd joins this parametrization with the ipamd issue: add a
-factory that starts ipamd on a unix socket in tmp_path and returns an IpamdClient.
+Implementations: ``FakeIpam`` (in memory), ``FileIpam`` (JSON file under flock), and the
+real shared client ``GrpcIpamClient`` talking to ipamd's real gRPC servicer on a unix
+socket (served here by a FakeIpam pool; ipamd's own datastore joins with the ipamd issue).
+So the fakes are held to what the wire actually does, errors and reasons included.
 """
 
 from __future__ import annotations
@@ -24,20 +25,36 @@ from vpccni.core.ipam_fake import FakeIpam
 from vpccni.core.ipam_fake import FileIpam
 
 Factory = Callable[[list[str]], IpamApi]
+Finalizer = Callable[[Callable[[], object]], None]
 
 
-def _fake(tmp: Path) -> Factory:
+def _fake(tmp: Path, finalize: Finalizer) -> Factory:
     return lambda pools: FakeIpam(pools=pools)
 
 
-def _file(tmp: Path) -> Factory:
+def _file(tmp: Path, finalize: Finalizer) -> Factory:
     return lambda pools: FileIpam(state_file=str(tmp / "ipam.json"), pools=pools)
 
 
-@pytest.fixture(params=[_fake, _file], ids=["FakeIpam", "FileIpam"])
+def _grpc(tmp: Path, finalize: Finalizer) -> Factory:
+    from vpccni.core.ipam_grpc import GrpcIpamClient
+    from vpccni.ipamd.rpc import serve
+
+    def make(pools: list[str]) -> IpamApi:
+        socket_path = str(tmp / f"ipamd-{len(list(tmp.iterdir()))}.sock")
+        server = serve(socket_path, FakeIpam(pools=pools))
+        finalize(lambda: server.stop(None))
+        client = GrpcIpamClient(socket_path, timeout_s=5)
+        finalize(client.close)
+        return client
+
+    return make
+
+
+@pytest.fixture(params=[_fake, _file, _grpc], ids=["FakeIpam", "FileIpam", "GrpcIpamClient"])
 def make(request: pytest.FixtureRequest, tmp_path: Path) -> Factory:
-    factory: Callable[[Path], Factory] = request.param
-    return factory(tmp_path)
+    factory: Callable[[Path, Finalizer], Factory] = request.param
+    return factory(tmp_path, request.addfinalizer)
 
 
 def key(cid: str, ifname: str = "eth0", net: str = "vpc-net") -> AttachmentKey:

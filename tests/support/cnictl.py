@@ -566,3 +566,130 @@ def make_busybox_rootfs(rootfs: Path) -> Path:
         if not link.exists():
             link.symlink_to("busybox")
     return rootfs
+
+
+# --------------------------------------------------------------------------- aws-cni
+
+
+def aws_cni_binary() -> Path:
+    """The ``aws-cni`` console script of the environment running this code."""
+    import sysconfig
+
+    return Path(sysconfig.get_path("scripts")) / "aws-cni"
+
+
+def aws_cni_conflist(
+    name: str,
+    workdir: StrPath,
+    pools: Sequence[str],
+    *,
+    cache_dir: StrPath,
+    cni_version: str = "1.0.0",
+    portmap: bool = True,
+    tuning: Mapping[str, Any] | None = None,
+    extra: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
+    """A conflist chaining ``aws-cni`` (fake ipam, ``test_veth``) with Go ``portmap``
+    and ``tuning``.  Every file the chain writes lives under ``workdir``;
+    ``cache_dir`` must be the libcni cache dir the client uses, so our plugin's GET
+    reads what the runtime cached.  ``tuning`` holds tuning's settings (``sysctl``,
+    ``mac``); None leaves tuning out of the chain."""
+    wd = Path(workdir)
+    aws: dict[str, Any] = {
+        "type": "aws-cni",
+        "ipamd": {
+            "backend": "fake",
+            "stateFile": str(wd / "ipam.json"),
+            "pools": list(pools),
+            "driver": "test_veth",
+        },
+        "drivers": {"enabled": ["test_veth"]},
+        "stateDir": str(wd / "state"),
+        "runtimeCacheDir": os.fspath(cache_dir),
+        "pluginLogFile": str(wd / "aws-cni.log"),
+        **(extra or {}),
+    }
+    plugins: list[dict[str, Any]] = [aws]
+    if portmap:
+        plugins.append({"type": "portmap", "capabilities": {"portMappings": True}, "snat": True})
+    if tuning is not None:
+        # tuning keeps what it changed under dataDir (default /run/cni/tuning): keep it here
+        plugins.append({"type": "tuning", "dataDir": str(wd / "tuning"), **tuning})
+    return {"cniVersion": cni_version, "name": name, "plugins": plugins}
+
+
+def fake_ipam_assigned(state_file: StrPath) -> dict[str, str]:
+    """``{"<net>-<cid>-<ifname>": address}`` held by the fake ipam's state file."""
+    try:
+        raw = json.loads(Path(state_file).read_text())
+    except FileNotFoundError:
+        return {}
+    return {slug: rec["address"] for slug, rec in raw.get("assigned", {}).items()}
+
+
+@dataclass(frozen=True)
+class PluginCall:
+    """One direct execution of a CNI plugin (no libcni in between)."""
+
+    returncode: int
+    stdout: str
+    stderr: str
+
+    @property
+    def json(self) -> Any:
+        return json.loads(self.stdout) if self.stdout.strip() else None
+
+
+def exec_plugin(
+    plugin: StrPath,
+    command: str,
+    conf: Mapping[str, Any],
+    *,
+    container_id: str | None = None,
+    ifname: str | None = None,
+    netns: StrPath | None = None,
+    cni_path: Sequence[StrPath] = (),
+    args: str | None = None,
+    run_in_netns: str | None = None,
+    timeout: float = 60.0,
+) -> PluginCall:
+    """Execute a plugin the way a runtime does (env + stdin), for verbs libcni 1.1.2
+    does not know (STATUS, GC: spec 1.1.0) or that are ours (GET).  ``conf`` is the
+    single plugin configuration (with ``name`` and ``cniVersion``).  Pass
+    ``run_in_netns`` whenever the verb may change the host side."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CNI_")}
+    env["CNI_COMMAND"] = command
+    for var, value in (
+        ("CNI_CONTAINERID", container_id),
+        ("CNI_IFNAME", ifname),
+        ("CNI_NETNS", netns_path(netns) if netns is not None else None),
+        ("CNI_ARGS", args),
+    ):
+        if value is not None:
+            env[var] = value
+    if cni_path:
+        env["CNI_PATH"] = ":".join(os.fspath(p) for p in cni_path)
+    argv = [os.fspath(plugin)]
+    if run_in_netns:
+        argv = ["ip", "netns", "exec", run_in_netns, *argv]
+    proc = subprocess.run(
+        argv,
+        input=json.dumps(dict(conf)),
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=timeout,
+        check=False,
+    )
+    return PluginCall(proc.returncode, proc.stdout, proc.stderr)
+
+
+def nat_rules(ns: Netns) -> str:
+    """``iptables -t nat -S`` inside ``ns`` (portmap's rules)."""
+    return ns.exec("iptables", "-w", "-t", "nat", "-S", check=False).stdout
+
+
+def ping(ns: Netns, address: str, *, count: int = 1, wait_s: int = 2) -> bool:
+    """True when ``address`` answers a ping sent from inside ``ns``."""
+    proc = ns.exec("ping", "-n", "-q", "-c", str(count), "-W", str(wait_s), address, check=False)
+    return proc.returncode == 0
