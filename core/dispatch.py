@@ -66,6 +66,16 @@ def run(env: Mapping[str, str], stdin: BinaryIO, stdout: TextIO, stderr: TextIO)
         if hooks is not None and invocation is not None:
             hooks.command_failed(invocation, exc)
         return _fail(stdout, exc, reply_version)
+    except OSError as exc:
+        # A path from the configuration (stateDir, pluginLogFile, ...) that cannot be used.
+        log.error("%s failed on I/O: %r", _command(invocation), exc)
+        where = f"{exc.filename}: " if exc.filename else ""
+        error = errors.CniError(
+            errors.SpecCode.IO_FAILURE, "I/O failure", f"{where}{exc.strerror or exc}"
+        )
+        if hooks is not None and invocation is not None:
+            hooks.command_failed(invocation, error)
+        return _fail(stdout, error, reply_version)
     except BaseException as exc:  # any bug becomes a CNI error; the traceback goes to the log
         log.error("%s failed unexpectedly:\n%s", _command(invocation), traceback.format_exc())
         error = errors.CniError(errors.SpecCode.INTERNAL, "internal error", repr(exc))

@@ -136,7 +136,7 @@ def from_environ(env: Mapping[str, str]) -> Invocation:
             problems.append(f"{var}: required for {command} but not set")
 
     container_id = env.get("CNI_CONTAINERID", "")
-    if container_id and not _CONTAINER_ID.match(container_id):
+    if container_id and not _CONTAINER_ID.fullmatch(container_id):
         problems.append(
             f"CNI_CONTAINERID: {container_id!r} must start with a letter or digit and contain "
             "only letters, digits, '_', '.' and '-'"

@@ -17,6 +17,7 @@ import os
 from collections.abc import Iterator
 from typing import Any
 
+from vpccni.core import errors
 from vpccni.core.ipam import AddressAssignment
 from vpccni.core.ipam import AllocateRequest
 from vpccni.core.ipam import Allocation
@@ -36,8 +37,13 @@ class FakeIpam:
         vpc_cidrs: list[str] | None = None,
     ) -> None:
         if not pools:
-            raise ValueError("pools: at least one CIDR is required")
-        self._pools = [ipaddress.ip_network(p) for p in pools]
+            raise errors.invalid_config("$.ipamd.pools: at least one CIDR is required")
+        self._pools = []
+        for n, pool in enumerate(pools):
+            try:
+                self._pools.append(ipaddress.ip_network(pool))
+            except ValueError as exc:
+                raise errors.invalid_config(f"$.ipamd.pools[{n}]: {exc}") from None
         self._driver = driver
         self._vpc_cidrs = tuple(
             vpc_cidrs if vpc_cidrs is not None else [str(p) for p in self._pools]
@@ -154,8 +160,18 @@ class FileIpam(FakeIpam):
                 data = json.load(f)
         except FileNotFoundError:
             return {}
-        if data.get("kind") != _STATE_KIND:
-            raise IpamError(FailureReason.INTERNAL, f"{self._path}: not a {_STATE_KIND} file")
+        except (OSError, ValueError) as exc:
+            raise errors.CniError(
+                errors.SpecCode.IO_FAILURE,
+                "cannot read the fake ipam state",
+                f"$.ipamd.stateFile {self._path}: {exc}",
+            ) from None
+        if not isinstance(data, dict) or data.get("kind") != _STATE_KIND:
+            raise errors.CniError(
+                errors.SpecCode.IO_FAILURE,
+                "cannot read the fake ipam state",
+                f"$.ipamd.stateFile {self._path}: not a {_STATE_KIND} file",
+            )
         assigned: dict[str, dict[str, Any]] = data["assigned"]
         return assigned
 

@@ -46,7 +46,12 @@ def schema_problems(instance: Any, schema_name: str, prefix: str = "$") -> list[
     problems = []
     for error in _validator(schema_name).iter_errors(instance):
         path = prefix + error.json_path[1:]
-        problems.append(f"{path}: {error.message}")
+        message = error.message
+        if error.validator == "not" and error.validator_value == {"pattern": "\n"}:
+            # Our schemas pair each anchored pattern with this rule: Python's '$' also
+            # matches before a trailing newline.
+            message = f"{error.instance!r} must not contain a newline"
+        problems.append(f"{path}: {message}")
     return sorted(problems)
 
 

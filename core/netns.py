@@ -36,7 +36,8 @@ def open_netns(path: str) -> Any:
     except OSError as exc:
         if exc.errno in (errno.EINVAL, errno.EBADF, errno.ENOTDIR):
             raise NetnsGone(path, "is not a network namespace") from None
-        raise
+        # ENAMETOOLONG, EACCES, ...: still "no usable namespace here", named with the cause.
+        raise NetnsGone(path, f"cannot be opened ({exc.strerror or exc})") from None
 
 
 def open_host() -> Any:

@@ -104,9 +104,11 @@ class Result:
             routes = tuple(
                 Route(dst=str(r["dst"]), gw=str(r.get("gw") or "")) for r in raw.get("routes") or ()
             )
-        except (KeyError, TypeError, AttributeError) as exc:
+            dns = raw.get("dns") or {}
+            if not isinstance(dns, dict):
+                raise errors.invalid_config(f"{where}.dns: must be an object")
+        except (KeyError, TypeError, AttributeError, ValueError) as exc:
             raise errors.invalid_config(f"{where}: malformed result ({exc!r})") from None
-        dns = raw.get("dns") or {}
         return cls(interfaces=interfaces, ips=tuple(ips), routes=routes, dns=dict(dns))
 
 

@@ -20,6 +20,7 @@ import os
 from dataclasses import dataclass
 from typing import Any
 
+from vpccni.core import errors
 from vpccni.core.invocation import Command
 from vpccni.core.invocation import Invocation
 from vpccni.core.invocation import k8s_args
@@ -93,12 +94,17 @@ class AttachmentStore:
         os.replace(tmp, path)
 
     def load(self, key: AttachmentKey) -> AttachmentRecord | None:
+        path = self._path(key)
         try:
-            with open(self._path(key)) as f:
+            with open(path) as f:
                 raw = json.load(f)
         except FileNotFoundError:
             return None
-        if raw.get("kind") != KIND or _key_of(raw) != key:
+        except (OSError, ValueError) as exc:
+            raise errors.CniError(
+                errors.SpecCode.IO_FAILURE, "cannot read the attachment record", f"{path}: {exc}"
+            ) from None
+        if not isinstance(raw, dict) or raw.get("kind") != KIND or _key_of(raw) != key:
             return None
         alloc = raw.get("allocation")
         saved = raw.get("invocation") or {}
@@ -130,7 +136,7 @@ class AttachmentStore:
         folder = os.path.join(self.state_dir, "attachments")
         try:
             names = os.listdir(folder)
-        except FileNotFoundError:
+        except (FileNotFoundError, NotADirectoryError):
             return []
         found = []
         for name in names:

@@ -1,0 +1,1 @@
+"""Property-based tests (hypothesis): the plugin's contract holds for any input."""
