@@ -18,6 +18,8 @@ TYPE_SCHEMAS = {"egress-cni": "egress-cni"}
 DEFAULT_TYPE_SCHEMA = "aws-cni"
 
 MTU_RANGE = {4: (576, 9001), 6: (1280, 9001)}
+#: The companion rule of every anchored pattern in our schemas (see schema_problems).
+_NO_NEWLINE = {"type": "string", "pattern": "\\n"}
 
 
 def decode(raw: bytes) -> dict[str, Any]:
@@ -47,7 +49,7 @@ def schema_problems(instance: Any, schema_name: str, prefix: str = "$") -> list[
     for error in _validator(schema_name).iter_errors(instance):
         path = prefix + error.json_path[1:]
         message = error.message
-        if error.validator == "not" and error.validator_value == {"pattern": "\n"}:
+        if error.validator == "not" and error.validator_value == _NO_NEWLINE:
             # Our schemas pair each anchored pattern with this rule: Python's '$' also
             # matches before a trailing newline.
             message = f"{error.instance!r} must not contain a newline"
