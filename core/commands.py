@@ -61,6 +61,8 @@ def make_ipam(conf: Mapping[str, Any]) -> IpamApi:
             pools=list(section["pools"]),
             driver=section.get("driver", "test_veth"),
             vpc_cidrs=section.get("vpcCidrs"),
+            device_number=int(section.get("deviceNumber", 0)),
+            route_table=int(section.get("routeTable", 254)),
         )
     from vpccni.core.ipam_grpc import DEFAULT_SOCKET  # noqa: PLC0415
     from vpccni.core.ipam_grpc import GrpcIpamClient  # noqa: PLC0415

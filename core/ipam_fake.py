@@ -35,7 +35,13 @@ class FakeIpam:
         pools: list[str],
         driver: str = "test_veth",
         vpc_cidrs: list[str] | None = None,
+        device_number: int = 0,
+        route_table: int = 254,
     ) -> None:
+        # Where the fake says the addresses live: the primary ENI (device 0, main table)
+        # unless a test wants a pod on a "secondary ENI" (device N, table N + 1).
+        self._device_number = device_number
+        self._route_table = route_table
         if not pools:
             raise errors.invalid_config("$.ipamd.pools: at least one CIDR is required")
         self._pools = []
@@ -125,7 +131,14 @@ class FakeIpam:
         return Allocation(
             key=AttachmentKey(record["network"], record["container"], record["ifname"]),
             driver=record["driver"],
-            addresses=(AddressAssignment(address=str(address), family=address.version),),
+            addresses=(
+                AddressAssignment(
+                    address=str(address),
+                    family=address.version,
+                    device_number=self._device_number,
+                    route_table=self._route_table,
+                ),
+            ),
             vpc_cidrs=self._vpc_cidrs,
         )
 
@@ -139,8 +152,10 @@ class FileIpam(FakeIpam):
         pools: list[str],
         driver: str = "test_veth",
         vpc_cidrs: list[str] | None = None,
+        device_number: int = 0,
+        route_table: int = 254,
     ) -> None:
-        super().__init__(pools, driver, vpc_cidrs)
+        super().__init__(pools, driver, vpc_cidrs, device_number, route_table)
         self._path = state_file
 
     @contextlib.contextmanager
