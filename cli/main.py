@@ -16,6 +16,7 @@ from collections.abc import Sequence
 SUBCOMMANDS: dict[str, str] = {
     "conf": "vpccni.cli.conf_cmd",
     "install-cni": "vpccni.cli.install_cmd",
+    "introspect": "vpccni.cli.introspect_cmd",
     "sim": "vpccni.sim.cli",
 }
 
