@@ -46,7 +46,8 @@ class GrpcIpamClient:
     def _backend(self) -> Any:
         if self._stub is None:
             self._channel = grpc.insecure_channel(f"unix://{self.socket_path}")
-            self._stub = pb_grpc.IpamBackendStub(self._channel)
+            # grpc_tools generates untyped stubs (no mypy-grpc plugin here).
+            self._stub = pb_grpc.IpamBackendStub(self._channel)  # type: ignore[no-untyped-call]
         return self._stub
 
     def _call(self, method: str, request: Any) -> Any:

@@ -51,7 +51,7 @@ def _resolve(group: str, name: str) -> Any:
     from stevedore.exception import NoMatches  # noqa: PLC0415
 
     try:
-        manager = sd_driver.DriverManager(
+        manager: Any = sd_driver.DriverManager(
             namespace=group, name=name, invoke_on_load=False, on_load_failure_callback=_reraise
         )
     except NoMatches:
@@ -63,7 +63,7 @@ def _resolve(group: str, name: str) -> Any:
     return manager.driver
 
 
-def _reraise(_manager: Any, entrypoint: Any, exc: Exception) -> None:
+def _reraise(_manager: Any, entrypoint: Any, exc: BaseException) -> None:
     raise errors.CniError(
         errors.PluginCode.DRIVER_NOT_AVAILABLE,
         f"driver {entrypoint.name!r} failed to load",

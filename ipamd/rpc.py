@@ -56,7 +56,7 @@ def _abort(context: grpc.ServicerContext, error: IpamError) -> None:
     context.abort_with_status(rpc_status.to_status(status))
 
 
-class IpamServicer(pb_grpc.IpamBackendServicer):  # type: ignore[misc]
+class IpamServicer(pb_grpc.IpamBackendServicer):
     def __init__(self, backend: IpamApi, server_version: str = CLIENT_VERSION) -> None:
         self.backend = backend
         self.server_version = server_version
@@ -124,7 +124,8 @@ def serve(socket_path: str, backend: IpamApi, max_workers: int = 8) -> grpc.Serv
     except FileNotFoundError:
         pass
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=max_workers))
-    pb_grpc.add_IpamBackendServicer_to_server(IpamServicer(backend), server)
+    # grpc_tools generates untyped registration helpers (no mypy-grpc plugin here).
+    pb_grpc.add_IpamBackendServicer_to_server(IpamServicer(backend), server)  # type: ignore[no-untyped-call]
     health_servicer = health.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     for name in ("", UPSTREAM_HEALTH_SERVICE, "vpccni.ipamd.v1.IpamBackend"):
