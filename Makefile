@@ -35,10 +35,12 @@ lint: install
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 
+# mypy reads the installed (non-editable) package: the folder-to-namespace mapping of
+# setup.py is invisible to it in the source tree.
 typecheck: install
-	$(VENV)/bin/mypy -p vpccni.core -p vpccni.drivers -p vpccni.cli
+	$(VENV)/bin/mypy -p vpccni.core -p vpccni.drivers -p vpccni.cli -p vpccni.ipamd -p vpccni.sim
 
-test: install
+test: lint typecheck
 	$(VENV)/bin/pytest $(PYTEST_ARGS)
 
 demo: install
