@@ -17,6 +17,7 @@ SUBCOMMANDS: dict[str, str] = {
     "conf": "vpccni.cli.conf_cmd",
     "install-cni": "vpccni.cli.install_cmd",
     "introspect": "vpccni.cli.introspect_cmd",
+    "max-pods": "vpccni.cli.max_pods_cmd",
     "sim": "vpccni.sim.cli",
 }
 
