@@ -325,11 +325,27 @@ class Runtime:
             if name is not None:
                 driver = self._attachment_driver(name, for_delete=True)
                 driver.delete(self._context(name, driver), allocation, prev)
+            elif prev is not None:
+                self._delete_with_every_driver(prev)
             else:
                 self.log.info("DEL of an attachment nobody knows: nothing to do")
         self.store.remove(self.key)
         self.hooks.after_del(self.inv)
         return None
+
+    def _delete_with_every_driver(self, prev: Result) -> None:
+        """Neither ipamd nor our record knows the attachment, but the runtime's prevResult
+        says it existed (state lost, e.g. a wiped state dir): let every enabled driver tear
+        down what its own naming rules find.  Deletes are idempotent and only touch what
+        matches, so asking a driver that did not plumb the pod is harmless."""
+        drivers = self.conf.get("drivers") or {}
+        for name in drivers.get("enabled", registry.DEFAULT_ENABLED):
+            try:
+                driver = self._attachment_driver(name, for_delete=True)
+                if driver.info.implemented:
+                    driver.delete(self._context(name, driver), None, prev)
+            except errors.CniError as exc:
+                self.log.warning("DEL from prevResult: driver %s could not clean up: %s", name, exc)
 
     def check(self) -> None:
         self._require_version(cniversion.CHECK_SINCE)

@@ -1,0 +1,556 @@
+"""Pod plumbing shared by the attachment drivers (routed_eni, test_veth, later prefix/IPv6
+and branch_eni): small typed functions over the runtime's pyroute2 handles.
+
+Upstream reference: ``cmd/routed-eni-cni-plugin/driver/driver.go`` (setupVeth,
+setupIPBasedContainerRouteRules, TeardownPodNetwork); names and numbers are upstream's.
+
+Conventions:
+
+* ``host`` and ``pod`` are the handles the runtime opened (``ctx.netns.host`` /
+  ``ctx.netns.pod``).  Nothing here opens a namespace: pyroute2 forks to enter one, and
+  gRPC (ipamd's client) does not survive a fork.
+* Host-side sysctls are written through ``/proc/sys/net`` of *this process*, which runs in
+  the node's namespace; that is the namespace the host veth lives in.
+* Every ``delete_*`` is idempotent: "already gone" (ENODEV, ENOENT, ESRCH,
+  EADDRNOTAVAIL) is success.
+* Every ``check_*`` returns the list of missing or wrong pieces, each a readable phrase;
+  an empty list means all is well.  Drivers join them into one CNI error.
+* Routes and rules are listed and filtered here: ``get_routes(dst=...)`` makes the kernel
+  do a route lookup, which raises ENETUNREACH when nothing matches.
+* The family always comes from the address (:class:`PodAddress`), so IPv6 (/128, gateway
+  ``fe80::1``) goes through the same functions.  IPv6 pods additionally need
+  ``disable_ipv6=0`` inside the pod and a wait for DAD (upstream setupVeth steps 6 and
+  11); that needs a thread in the pod's namespace and arrives with the IPv6 driver.
+"""
+
+from __future__ import annotations
+
+import errno
+import ipaddress
+import os
+import secrets
+import socket
+from collections.abc import Callable
+from collections.abc import Iterable
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from vpccni.core import errors
+from vpccni.core import names
+from vpccni.core.invocation import Invocation
+
+#: upstream ToContainerRulePriority: ``to <podIP> lookup main``
+TO_CONTAINER_RULE_PRIORITY = 512
+#: upstream FromPodRulePriority: ``from <podIP> lookup <ENI table>``
+FROM_POD_RULE_PRIORITY = 1536
+MAIN_TABLE = 254
+NUD_PERMANENT = 0x80
+RT_SCOPE_LINK = 253
+#: "already gone" for deletes
+GONE = frozenset({errno.ENODEV, errno.ENOENT, errno.ESRCH, errno.EADDRNOTAVAIL})
+#: upstream setupVeth: sysctls of the host veth, written before it is brought up
+HOST_VETH_SYSCTLS = (("accept_ra", "0"), ("accept_redirects", "1"), ("forwarding", "0"))
+MAC_ATTEMPTS = 10
+
+_AF = {4: socket.AF_INET, 6: socket.AF_INET6}
+
+
+# --------------------------------------------------------------------------- values
+
+
+@dataclass(frozen=True, slots=True)
+class PodAddress:
+    """The pod's address on one interface, and the gateway its interface index implies."""
+
+    address: str  # bare, e.g. "10.0.1.15"
+    family: int  # 4 or 6
+    index: int = 0  # multi-NIC interface index (upstream's i)
+
+    @classmethod
+    def parse(cls, address: str, index: int = 0) -> PodAddress:
+        ip = ipaddress.ip_address(address.split("/", 1)[0])
+        return cls(str(ip), ip.version, index)
+
+    @property
+    def prefixlen(self) -> int:
+        return 32 if self.family == 4 else 128
+
+    @property
+    def cidr(self) -> str:
+        return f"{self.address}/{self.prefixlen}"
+
+    @property
+    def af(self) -> int:
+        return _AF[self.family]
+
+    @property
+    def gateway(self) -> str:
+        return gateway_for(self.family, self.index)
+
+    @property
+    def default_dst(self) -> str:
+        return "0.0.0.0/0" if self.family == 4 else "::/0"
+
+
+@dataclass(frozen=True, slots=True)
+class VethPair:
+    """A created veth pair: the host end in the node namespace, the peer in the pod's."""
+
+    host_name: str
+    host_index: int
+    host_mac: str
+    pod_name: str
+    pod_index: int
+    pod_mac: str
+
+
+def gateway_for(family: int, index: int = 0) -> str:
+    """upstream: 169.254.1.(i+1) for IPv4, fe80::(i+1) for IPv6."""
+    if family == 4:
+        return f"169.254.1.{index + 1}"
+    return str(ipaddress.IPv6Address(index + 1) + (0xFE80 << 112))
+
+
+def error_code(exc: BaseException) -> int | None:
+    """The errno of a NetlinkError or OSError."""
+    code = getattr(exc, "code", None)
+    return code if isinstance(code, int) else getattr(exc, "errno", None)
+
+
+def _tolerate_gone(action: Any, *args: Any, **kwargs: Any) -> bool:
+    """Run a netlink delete; False when the object was already gone."""
+    try:
+        action(*args, **kwargs)
+    except Exception as exc:
+        if error_code(exc) in GONE:
+            return False
+        raise
+    return True
+
+
+# --------------------------------------------------------------------------- driver helpers
+
+
+def host_veth_name(conf: Mapping[str, Any], invocation: Invocation, index: int = 0) -> str:
+    """upstream GeneratePodHostVethName with ``conf["vethPrefix"]`` (default ``eni``);
+    without K8S args the container id stands in for the pod name."""
+    prefix = str(conf.get("vethPrefix") or "eni")
+    k8s = invocation.k8s
+    if k8s.pod_name:
+        return names.host_veth_name(prefix, k8s.pod_namespace, k8s.pod_name, index)
+    return names.host_veth_name(prefix, "", invocation.container_id, index)
+
+
+def step_counter(fail_after: int | None) -> Callable[[str], None]:
+    """``done(what)`` after each ADD step; raises right after the 0-based step
+    ``fail_after`` (a driver's ``failAfterStep`` testing knob, which proves its undo)."""
+    count = 0
+
+    def done(what: str) -> None:
+        nonlocal count
+        count += 1
+        if fail_after is not None and count > fail_after:
+            raise RuntimeError(f"injected failure after step {count - 1} ({what})")
+
+    return done
+
+
+def as_undo(action: Callable[..., object], *args: Any, **kwargs: Any) -> Callable[[], None]:
+    """An ``UndoStack`` callback running ``action(*args, **kwargs)``, its result dropped."""
+
+    def undo() -> None:
+        action(*args, **kwargs)
+
+    return undo
+
+
+# --------------------------------------------------------------------------- safety
+
+
+def refuse_own_namespace(pod_path: str) -> None:
+    """Refuse to plumb a "pod" namespace that is the one this process runs in.
+
+    Plumbing it would put the pod's default route and address on the node itself;
+    no runtime asks for that, so it is a configuration mistake (or a test pointing
+    CNI_NETNS at /proc/self/ns/net) and must change nothing.
+    """
+    try:
+        pod = os.stat(pod_path)
+        own = os.stat("/proc/self/ns/net")
+    except OSError:
+        return  # opening the handle already proved the path; nothing to compare
+    if (pod.st_dev, pod.st_ino) == (own.st_dev, own.st_ino):
+        raise errors.invalid_environment(
+            [f"CNI_NETNS: {pod_path} is the namespace the plugin runs in, not a pod's"]
+        )
+
+
+# --------------------------------------------------------------------------- links
+
+
+def link_index(handle: Any, name: str) -> int | None:
+    found = handle.link_lookup(ifname=name)
+    return int(found[0]) if found else None
+
+
+def link_attr(handle: Any, index: int, attr: str) -> Any:
+    return handle.get_links(index)[0].get_attr(attr)
+
+
+def random_mac(taken: Iterable[str] = ()) -> str:
+    """A random locally administered unicast MAC not in ``taken`` (upstream: 10 tries)."""
+    used = {m.lower() for m in taken if m}
+    for _ in range(MAC_ATTEMPTS):
+        raw = bytearray(secrets.token_bytes(6))
+        raw[0] = (raw[0] | 0x02) & 0xFE
+        mac = ":".join(f"{b:02x}" for b in raw)
+        if mac not in used:
+            return mac
+    raise RuntimeError(f"no unique MAC after {MAC_ATTEMPTS} attempts")
+
+
+def host_macs(host: Any) -> list[str]:
+    return [str(link.get_attr("IFLA_ADDRESS") or "") for link in host.get_links()]
+
+
+def delete_link(handle: Any, name: str) -> bool:
+    """Delete a link by name; False when it did not exist.  Deleting a veth end removes
+    the peer and every route through it."""
+    index = link_index(handle, name)
+    if index is None:
+        return False
+    return _tolerate_gone(handle.link, "del", index=index)
+
+
+def create_veth(host: Any, pod_path: str, host_name: str, pod_ifname: str) -> VethPair:
+    """The veth pair, created from the node with the peer placed directly in the pod's
+    namespace; a stale host end of the same name (a retried ADD) is deleted first, as
+    upstream does.  The host end gets a random locally administered MAC."""
+    delete_link(host, host_name)
+    mac = random_mac(host_macs(host))
+    fd = os.open(pod_path, os.O_RDONLY)
+    try:
+        host.link(
+            "add",
+            ifname=host_name,
+            kind="veth",
+            address=mac,
+            peer={"ifname": pod_ifname, "net_ns_fd": fd},
+        )
+    finally:
+        os.close(fd)
+    host_index = link_index(host, host_name)
+    if host_index is None:
+        raise RuntimeError(f"veth {host_name} vanished right after it was created")
+    return VethPair(
+        host_name=host_name,
+        host_index=host_index,
+        host_mac=str(link_attr(host, host_index, "IFLA_ADDRESS")),
+        pod_name=pod_ifname,
+        pod_index=-1,
+        pod_mac="",
+    )
+
+
+def write_host_sysctls(
+    host_name: str, sysctls: Iterable[tuple[str, str]] = HOST_VETH_SYSCTLS
+) -> None:
+    """IPv6 sysctls of the host veth (before it is up); ENOENT means no IPv6: ignored."""
+    for key, value in sysctls:
+        path = f"/proc/sys/net/ipv6/conf/{host_name}/{key}"
+        try:
+            with open(path, "w") as f:
+                f.write(value)
+        except FileNotFoundError:
+            continue
+
+
+def bring_up(host: Any, pod: Any, pair: VethPair, mtu: int) -> VethPair:
+    """Host end: sysctls, MTU, up; pod end: MTU, up.  Returns the pair with the pod end's
+    index and MAC filled in."""
+    write_host_sysctls(pair.host_name)
+    host.link("set", index=pair.host_index, mtu=mtu, state="up")
+    pod_index = link_index(pod, pair.pod_name)
+    if pod_index is None:
+        raise RuntimeError(f"pod end {pair.pod_name} of {pair.host_name} is not in the pod")
+    pod.link("set", index=pod_index, mtu=mtu, state="up")
+    pod_mac = str(link_attr(pod, pod_index, "IFLA_ADDRESS"))
+    return VethPair(
+        pair.host_name, pair.host_index, pair.host_mac, pair.pod_name, pod_index, pod_mac
+    )
+
+
+# --------------------------------------------------------------------------- pod side
+
+
+def add_pod_address(pod: Any, pair: VethPair, addr: PodAddress) -> None:
+    try:
+        pod.addr("add", index=pair.pod_index, address=addr.address, prefixlen=addr.prefixlen)
+    except Exception as exc:
+        if error_code(exc) != errno.EEXIST:
+            raise
+
+
+def add_pod_routes(pod: Any, pair: VethPair, addr: PodAddress) -> None:
+    """A link-scope route to the gateway, then the default route through it.
+
+    Multi-NIC interfaces (index > 0) use table ``index`` inside the pod plus a
+    ``from <ip>`` rule at priority 1 (upstream); that comes with the multihome driver.
+    """
+    gw = addr.gateway
+    host_len = 32 if addr.family == 4 else 128
+    pod.route(
+        "replace",
+        family=addr.af,
+        dst=f"{gw}/{host_len}",
+        oif=pair.pod_index,
+        scope=RT_SCOPE_LINK,
+    )
+    pod.route("replace", family=addr.af, dst=addr.default_dst, gateway=gw, oif=pair.pod_index)
+
+
+def add_pod_neighbour(pod: Any, pair: VethPair, addr: PodAddress) -> None:
+    """The gateway resolves permanently to the host veth: no ARP/ND for it ever."""
+    pod.neigh(
+        "replace",
+        family=addr.af,
+        dst=addr.gateway,
+        lladdr=pair.host_mac,
+        ifindex=pair.pod_index,
+        state=NUD_PERMANENT,
+    )
+
+
+def plumb_pod_side(pod: Any, pair: VethPair, addr: PodAddress) -> None:
+    add_pod_address(pod, pair, addr)
+    add_pod_routes(pod, pair, addr)
+    add_pod_neighbour(pod, pair, addr)
+
+
+# --------------------------------------------------------------------------- host side
+
+
+def add_host_route(host: Any, pair: VethPair, addr: PodAddress, table: int = MAIN_TABLE) -> None:
+    """``<podIP>/32 dev <hostveth> scope link`` (RouteReplace, as upstream)."""
+    host.route(
+        "replace",
+        family=addr.af,
+        dst=addr.cidr,
+        oif=pair.host_index,
+        scope=RT_SCOPE_LINK,
+        table=table,
+    )
+
+
+def delete_host_route(host: Any, addr: PodAddress, table: int = MAIN_TABLE) -> int:
+    """Every ``<podIP>/32`` route in ``table``; returns how many were deleted."""
+    deleted = 0
+    for route in host_routes(host, addr, table):
+        deleted += _tolerate_gone(
+            host.route,
+            "del",
+            family=addr.af,
+            dst=addr.cidr,
+            oif=route.get_attr("RTA_OIF"),
+            table=table,
+        )
+    return deleted
+
+
+def host_routes(host: Any, addr: PodAddress, table: int = MAIN_TABLE) -> list[Any]:
+    return [
+        r
+        for r in host.get_routes(family=addr.af, table=table)
+        if r.get_attr("RTA_DST") == addr.address and r.get("dst_len") == addr.prefixlen
+    ]
+
+
+def _rule_table(rule: Any) -> int:
+    table = rule.get_attr("FRA_TABLE")
+    return int(table if table is not None else rule.get("table"))
+
+
+def pod_rules(
+    host: Any, addr: PodAddress, priority: int, direction: str, table: int | None = None
+) -> list[Any]:
+    """Rules ``to <ip>`` (direction "to") or ``from <ip>`` ("from") at ``priority``,
+    in ``table`` (any table when None)."""
+    attr, length = ("FRA_DST", "dst_len") if direction == "to" else ("FRA_SRC", "src_len")
+    return [
+        r
+        for r in host.get_rules(family=addr.af)
+        if (r.get_attr("FRA_PRIORITY") or 0) == priority
+        and r.get_attr(attr) == addr.address
+        and r.get(length) == addr.prefixlen
+        and (table is None or _rule_table(r) == table)
+    ]
+
+
+def _rule_args(addr: PodAddress, priority: int, direction: str, table: int) -> dict[str, Any]:
+    where = (
+        {"dst": addr.address, "dst_len": addr.prefixlen}
+        if direction == "to"
+        else {"src": addr.address, "src_len": addr.prefixlen}
+    )
+    return {"family": addr.af, "priority": priority, "table": table, **where}
+
+
+def add_rule(host: Any, addr: PodAddress, priority: int, direction: str, table: int) -> bool:
+    """Add the rule; False when it already existed (upstream ignores EEXIST)."""
+    try:
+        host.rule("add", **_rule_args(addr, priority, direction, table))
+    except Exception as exc:
+        if error_code(exc) == errno.EEXIST:
+            return False
+        raise
+    return True
+
+
+def delete_rules(
+    host: Any, addr: PodAddress, priority: int, direction: str, table: int | None = None
+) -> int:
+    """Delete every matching rule (upstream loops: older versions installed several);
+    returns how many were deleted."""
+    deleted = 0
+    for rule in pod_rules(host, addr, priority, direction, table):
+        args = _rule_args(addr, priority, direction, _rule_table(rule))
+        deleted += _tolerate_gone(host.rule, "del", **args)
+    return deleted
+
+
+def add_to_pod_rule(host: Any, addr: PodAddress) -> bool:
+    """``to <podIP> lookup main`` at 512: traffic for the pod ignores ENI tables."""
+    return add_rule(host, addr, TO_CONTAINER_RULE_PRIORITY, "to", MAIN_TABLE)
+
+
+def add_from_pod_rule(host: Any, addr: PodAddress, table: int) -> bool:
+    """``from <podIP> lookup <table>`` at 1536: the pod's traffic leaves through its ENI."""
+    return add_rule(host, addr, FROM_POD_RULE_PRIORITY, "from", table)
+
+
+def host_table(route_table: int) -> int:
+    """upstream: the pod's ENI table, where 1 (the old primary-ENI id) and 254 mean main."""
+    return MAIN_TABLE if route_table in (0, 1, MAIN_TABLE) else route_table
+
+
+def teardown_routed(host: Any, addr: PodAddress, route_table: int | None) -> None:
+    """upstream TeardownPodNetwork: the 512 rule, every ``from <ip>`` rule at 1536 in the
+    pod's table (in any table when the table is unknown), then the host route."""
+    delete_rules(host, addr, TO_CONTAINER_RULE_PRIORITY, "to", MAIN_TABLE)
+    table = None if route_table is None else host_table(route_table)
+    if table != MAIN_TABLE:
+        delete_rules(host, addr, FROM_POD_RULE_PRIORITY, "from", table)
+    delete_host_route(host, addr)
+
+
+# --------------------------------------------------------------------------- checks
+
+
+def check_veth(host: Any, pod: Any, host_name: str, pod_ifname: str, mtu: int | None) -> list[str]:
+    """The pair exists, is up, and has the MTU (when given)."""
+    problems = []
+    for where, handle, name in (("host veth", host, host_name), ("pod interface", pod, pod_ifname)):
+        index = link_index(handle, name)
+        if index is None:
+            problems.append(f"{where} {name} is missing")
+            continue
+        link = handle.get_links(index)[0]
+        if mtu is not None and link.get_attr("IFLA_MTU") != mtu:
+            problems.append(f"{where} {name} has MTU {link.get_attr('IFLA_MTU')}, want {mtu}")
+        if not link.get("flags", 0) & 1:  # IFF_UP
+            problems.append(f"{where} {name} is down")
+    return problems
+
+
+def check_pod_side(
+    host: Any, pod: Any, host_name: str, pod_ifname: str, addr: PodAddress | None
+) -> list[str]:
+    """Address, gateway route, default route and the permanent neighbour entry."""
+    pod_index = link_index(pod, pod_ifname)
+    if pod_index is None:
+        return []  # check_veth reports the missing interface
+    family = addr.family if addr else 4
+    af = _AF[family]
+    gw = gateway_for(family, addr.index if addr else 0)
+    problems = []
+    if addr is not None:
+        have = {a.get_attr("IFA_ADDRESS") for a in pod.get_addr(family=af, index=pod_index)}
+        if addr.address not in have:
+            problems.append(f"pod interface {pod_ifname} lacks {addr.cidr}")
+    routes = pod.get_routes(family=af)
+    host_len = 32 if family == 4 else 128
+    if not any(
+        r.get_attr("RTA_DST") == gw
+        and r.get("dst_len") == host_len
+        and r.get_attr("RTA_OIF") == pod_index
+        and r.get("scope") == RT_SCOPE_LINK
+        for r in routes
+    ):
+        problems.append(f"pod route {gw}/{host_len} scope link dev {pod_ifname} is missing")
+    if not any(
+        r.get("dst_len") == 0
+        and r.get_attr("RTA_GATEWAY") == gw
+        and r.get_attr("RTA_OIF") == pod_index
+        for r in routes
+    ):
+        problems.append(f"pod default route via {gw} dev {pod_ifname} is missing")
+    host_index = link_index(host, host_name)
+    if host_index is not None:
+        # A MAC change on the host end (or a flush) silently breaks the pod's only path.
+        host_mac = link_attr(host, host_index, "IFLA_ADDRESS")
+        entries = [
+            n
+            for n in pod.get_neighbours(family=af, ifindex=pod_index)
+            if n.get_attr("NDA_DST") == gw
+        ]
+        good = [
+            n
+            for n in entries
+            if n.get("state") == NUD_PERMANENT and n.get_attr("NDA_LLADDR") == host_mac
+        ]
+        if not good:
+            seen = ", ".join(
+                f"{n.get_attr('NDA_LLADDR')} state 0x{n.get('state'):x}" for n in entries
+            )
+            problems.append(
+                f"pod neighbour {gw} -> {host_mac} (permanent) is missing"
+                + (f" (found {seen})" if seen else "")
+            )
+    return problems
+
+
+def check_host_route(host: Any, host_name: str, addr: PodAddress) -> list[str]:
+    host_index = link_index(host, host_name)
+    routes = host_routes(host, addr)
+    if host_index is None or not any(r.get_attr("RTA_OIF") == host_index for r in routes):
+        return [f"host route {addr.cidr} dev {host_name} is missing"]
+    return []
+
+
+def check_rules(host: Any, addr: PodAddress, route_table: int) -> list[str]:
+    """The 512 rule, and for a pod on a secondary ENI the 1536 rule in its table."""
+    problems = []
+    if not pod_rules(host, addr, TO_CONTAINER_RULE_PRIORITY, "to", MAIN_TABLE):
+        problems.append(
+            f"rule 'to {addr.address} lookup main' priority {TO_CONTAINER_RULE_PRIORITY} is missing"
+        )
+    table = host_table(route_table)
+    if table != MAIN_TABLE and not pod_rules(host, addr, FROM_POD_RULE_PRIORITY, "from", table):
+        elsewhere = sorted(
+            {_rule_table(r) for r in pod_rules(host, addr, FROM_POD_RULE_PRIORITY, "from")}
+        )
+        problems.append(
+            f"rule 'from {addr.address} lookup {table}' priority {FROM_POD_RULE_PRIORITY} is "
+            + (f"in table(s) {elsewhere} instead" if elsewhere else "missing")
+        )
+    return problems
+
+
+def plumbing_error(problems: list[str]) -> errors.CniError:
+    """The CHECK failure naming every missing or wrong piece (code 103)."""
+    return errors.CniError(
+        errors.PluginCode.NETNS_PLUMBING_FAILED,
+        "check: pod network is not as set up",
+        "; ".join(problems),
+    )
