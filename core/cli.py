@@ -50,7 +50,8 @@ def _small_json(text: str) -> object:
         memo: dict[str, str] = {}
 
     body = text.strip()
-    value, end = _json.make_scanner(_Context())(body, 0)
+    # typeshed types the context as a JSONDecoder; the scanner only reads these attributes.
+    value, end = _json.make_scanner(_Context())(body, 0)  # type: ignore[arg-type]
     if end != len(body):
         raise ValueError("trailing data")
     return value
