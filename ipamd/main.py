@@ -1,10 +1,198 @@
-"""``vpccni-ipamd`` entry point (the daemon itself lands with the ipamd issue)."""
+"""``vpccni-ipamd``: the node daemon.
+
+Start-up order (upstream's aws-k8s-agent): configuration validated from the environment (a
+bad value: every problem on stderr, exit 2, nothing touched: no socket, no EC2 call); logging;
+node init (metadata, EC2, host networking, checkpoint); then the gRPC socket, metrics and
+introspection, and the pool manager loop.  Node init is retried while its failures are
+transient (EC2 or metadata unreachable, throttled), as the liveness probe would otherwise
+restart us in a loop; a checkpoint that cannot be restored is fatal (exit 1) so the pods'
+addresses are never overwritten.
+
+SIGTERM/SIGINT: stop attaching and detaching ENIs, stop serving, keep the checkpoint.
+
+The environment contract is docs/ipamd-configuration.md; the ``VPCCNI_*`` variables exist so
+several simulated nodes can run side by side (socket, state directory, intervals).
+"""
 
 from __future__ import annotations
 
+import argparse
+import logging
+import os
+import signal
 import sys
+import threading
+import time
+from types import FrameType
+
+from vpccni.ipamd import rpc
+from vpccni.ipamd.backend import IpamdBackend
+from vpccni.ipamd.checkpoint import CheckpointError
+from vpccni.ipamd.config import ConfigError
+from vpccni.ipamd.config import IpamdConfig
+from vpccni.ipamd.ec2 import Ec2Error
+from vpccni.ipamd.host_net import HostNetError
+from vpccni.ipamd.introspect import HttpServerHandle
+from vpccni.ipamd.introspect import serve_introspection
+from vpccni.ipamd.introspect_source import DaemonIntrospection
+from vpccni.ipamd.metadata import InstanceMetadata
+from vpccni.ipamd.metadata import MetadataError
+from vpccni.ipamd.metrics import Metrics
+from vpccni.ipamd.metrics import serve_metrics
+from vpccni.ipamd.pool import InitError
+from vpccni.ipamd.pool import PoolManager
+
+log = logging.getLogger("vpccni.ipamd")
+
+EXIT_CONFIG = 2
+EXIT_INIT = 1
+_LEVELS = {
+    "debug": logging.DEBUG,
+    "info": logging.INFO,
+    "warn": logging.WARNING,
+    "error": logging.ERROR,
+    "fatal": logging.CRITICAL,
+}
+FORMAT = "%(asctime)s %(levelname)s [%(threadName)s] %(name)s: %(message)s"
+INIT_RETRY_SECONDS = (1.0, 2.0, 5.0, 10.0)
+SERVER_GRACE_SECONDS = 2.0
+LOOP_JOIN_SECONDS = 5.0
 
 
-def main() -> int:
-    print("vpccni-ipamd: the daemon is not built yet (see the ipamd issue)", file=sys.stderr)
-    return 2
+def setup_logging(config: IpamdConfig) -> None:
+    """AWS_VPC_K8S_CNI_LOG_FILE: ``stdout``, ``stderr`` or a path (its directory created);
+    a path that cannot be opened falls back to stderr, with a warning there."""
+    root = logging.getLogger("vpccni")
+    for old in list(root.handlers):
+        root.removeHandler(old)
+    target = config.log_file
+    handler: logging.Handler
+    problem = ""
+    if target.lower() == "stdout":
+        handler = logging.StreamHandler(sys.stdout)
+    elif target.lower() == "stderr":
+        handler = logging.StreamHandler(sys.stderr)
+    else:
+        try:
+            os.makedirs(os.path.dirname(target) or ".", exist_ok=True)
+            handler = logging.FileHandler(target)
+        except OSError as exc:
+            handler = logging.StreamHandler(sys.stderr)
+            problem = f"cannot log to {target} ({exc}); logging to stderr"
+    handler.setFormatter(logging.Formatter(FORMAT))
+    root.addHandler(handler)
+    root.setLevel(_LEVELS.get(config.log_level, logging.DEBUG))
+    root.propagate = False
+    if problem:
+        log.warning("%s", problem)
+    for warning in config.warnings:
+        log.warning("configuration: %s", warning)
+
+
+class Daemon:
+    def __init__(self, config: IpamdConfig) -> None:
+        self.config = config
+        self.metrics = Metrics(version=config.cni_version)
+        self.pool = PoolManager(
+            config, InstanceMetadata.from_env(os.environ), self.metrics, os.environ
+        )
+        self.stopping = threading.Event()
+        self._servers: list[HttpServerHandle] = []
+
+    def request_stop(self, signum: int, _frame: FrameType | None) -> None:
+        log.info("received %s: stopping", signal.Signals(signum).name)
+        self.stopping.set()
+        # Stop attaching/detaching at once, even while node init or a cycle still runs.
+        self.pool.stop()
+
+    def _init(self) -> bool:
+        attempt = 0
+        while not self.stopping.is_set():
+            try:
+                self.pool.init()
+                return True
+            except (Ec2Error, MetadataError, HostNetError, OSError) as exc:
+                if isinstance(exc, CheckpointError):
+                    raise
+                delay = INIT_RETRY_SECONDS[min(attempt, len(INIT_RETRY_SECONDS) - 1)]
+                attempt += 1
+                log.error("node init failed (%s); retrying in %gs", exc, delay)
+                self.metrics.error("nodeInit")
+                self.stopping.wait(delay)
+        return False
+
+    def run(self) -> int:
+        started = time.monotonic()
+        cfg = self.config
+        try:
+            if not self._init():
+                return 0
+        except (InitError, CheckpointError) as exc:
+            log.critical("node init failed: %s", exc)
+            self.metrics.startup_finished(
+                time.monotonic() - started, success=False, failure_reason=type(exc).__name__
+            )
+            print(f"vpccni-ipamd: node init failed: {exc}", file=sys.stderr)
+            return EXIT_INIT
+        ds = self.pool.datastore
+        assert ds is not None  # noqa: S101 - init succeeded
+        backend = IpamdBackend(ds, self.pool, cfg, self.pool.vpc_cidrs, self.metrics)
+        if not cfg.disable_metrics:
+            self._servers.append(serve_metrics(self.metrics, cfg.metrics_bind_address))
+        if not cfg.disable_introspection:
+            source = DaemonIntrospection(cfg, lambda: {0: ds})
+            self._servers.append(serve_introspection(source, cfg.introspection_bind_address))
+        loop = threading.Thread(target=self.pool.run, name="pool", daemon=True)
+        loop.start()
+        server = rpc.serve(cfg.socket_path, backend)
+        self.metrics.startup_finished(time.monotonic() - started)
+        log.info(
+            "serving on unix://%s (%.2fs after start)", cfg.socket_path, time.monotonic() - started
+        )
+        while not self.stopping.wait(0.5):
+            pass
+        backend.set_ready(False)
+        server.stop(SERVER_GRACE_SECONDS).wait()
+        for handle in self._servers:
+            handle.stop()
+        # Every datastore change is already in the checkpoint: no reason to wait for an EC2
+        # call (and botocore's back-off) to finish; the leaked-ENI sweep covers a half-made ENI.
+        loop.join(timeout=LOOP_JOIN_SECONDS)
+        if loop.is_alive():
+            log.warning("pool manager still busy after %gs; exiting anyway", LOOP_JOIN_SECONDS)
+        try:
+            os.unlink(cfg.socket_path)
+        except FileNotFoundError:
+            pass
+        log.info("stopped; checkpoint kept at %s", cfg.backing_store)
+        return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="vpccni-ipamd",
+        description="The vpccni node daemon (Amazon VPC CNI ipamd). Configured by the "
+        "aws-node environment variables; see docs/ipamd-configuration.md.",
+    )
+    parser.add_argument(
+        "--check-config", action="store_true", help="validate the environment and exit"
+    )
+    args = parser.parse_args(argv)
+    try:
+        config = IpamdConfig.from_env(os.environ)
+    except ConfigError as exc:
+        print(f"vpccni-ipamd: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    if args.check_config:
+        for warning in config.warnings:
+            print(f"vpccni-ipamd: warning: {warning}", file=sys.stderr)
+        return 0
+    setup_logging(config)
+    daemon = Daemon(config)
+    signal.signal(signal.SIGTERM, daemon.request_stop)
+    signal.signal(signal.SIGINT, daemon.request_stop)
+    return daemon.run()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
