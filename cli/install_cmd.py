@@ -1,4 +1,7 @@
-"""``vpccni install-cni --bin-dir DIR``: put the plugin executables where the runtime looks.
+"""``vpccni install-cni --bin-dir DIR [--conf-dir DIR] [--node-ip IP]``: put the plugin
+executables where the runtime looks and, with ``--conf-dir``, the ``10-aws.conflist``
+rendered from this process's environment (:mod:`vpccni.conf.render`; the node IP comes from
+instance metadata unless ``--node-ip`` gives it).
 
 Upstream's init container copies its Go binaries into ``/opt/cni/bin``; we write small
 launchers instead.  A launcher runs the interpreter with ``-I -S`` (isolated, no site):
@@ -37,6 +40,16 @@ def register(sub: Any) -> None:
         default=list(PLUGINS),
         help="executables to write (default: aws-cni egress-cni)",
     )
+    parser.add_argument(
+        "--conf-dir",
+        help="also render 10-aws.conflist from the environment into this directory "
+        "(HOST_CNI_CONFDIR_PATH, e.g. /etc/cni/net.d)",
+    )
+    parser.add_argument(
+        "--node-ip",
+        help="the node address egress-cni SNATs to (IPv4 in an IPv6 cluster, IPv6 with "
+        "ENABLE_V6_EGRESS); default: instance metadata",
+    )
     parser.set_defaults(func=install)
 
 
@@ -67,4 +80,18 @@ def install(args: argparse.Namespace) -> int:
             print(path)
     except OSError as exc:
         raise CliError(f"{args.bin_dir}: {exc.strerror}") from None
+    if args.conf_dir:
+        # After the binaries: a runtime that sees the conflist must find its plugins.
+        print(_render_conflist(args.conf_dir, args.node_ip))
     return 0
+
+
+def _render_conflist(conf_dir: str, node_ip: str | None) -> str:
+    from vpccni.conf import render  # noqa: PLC0415
+
+    try:
+        return render.render_to(conf_dir, os.environ, node_ip=node_ip)
+    except render.RenderError as exc:
+        raise CliError(str(exc)) from None
+    except OSError as exc:
+        raise CliError(f"{conf_dir}: {exc.strerror or exc}") from None

@@ -82,7 +82,7 @@ class Runtime:
         self.network = str(conf.get("name") or conf["type"])
         self.key = AttachmentKey(self.network, invocation.container_id, invocation.ifname)
         self.type = str(conf["type"])
-        self.store = AttachmentStore(str(conf.get("stateDir") or DEFAULT_STATE_DIR))
+        self.store = AttachmentStore(str(conf.get("stateDir") or DEFAULT_STATE_DIR), self.type)
         self._ipam: IpamApi | None = None
         self._chained: str | None = None
         # Opened before the first ipamd call (see vpccni.core.netns); closed in execute().

@@ -1,7 +1,11 @@
 """Where the plugin keeps what DEL, CHECK and GET need later.
 
 Format ``vpccni-attachment/1`` (version notes below), one JSON file per attachment under
-``<stateDir>/attachments/<network>~<container>~<ifname>.json``, written atomically.  It is
+``<stateDir>/attachments/<network>~<container>~<ifname>~<plugin type>.json``, written
+atomically.  The plugin type is part of the name because every plugin of a conflist sees the
+same attachment key: aws-cni's and egress-cni's records must not replace each other.  The
+name parses unambiguously: network names and container ids never contain '~', and the
+netconf schema refuses '~' in a type, so the first two and the last '~' are separators.  It is
 documented and versioned on purpose: upstream hides DEL state in a result's ``mac`` field.
 
 Version 1: kind, networkName, containerId, ifName, cniVersion, driver, result (encoded at
@@ -61,11 +65,13 @@ def allocation_from_json(raw: dict[str, Any]) -> Allocation:
 
 
 class AttachmentStore:
-    def __init__(self, state_dir: str = DEFAULT_STATE_DIR) -> None:
+    def __init__(self, state_dir: str = DEFAULT_STATE_DIR, plugin_type: str = "aws-cni") -> None:
         self.state_dir = state_dir
+        self.plugin_type = plugin_type
 
     def _path(self, key: AttachmentKey) -> str:
-        return os.path.join(self.state_dir, "attachments", key.token() + ".json")
+        name = f"{key.token()}~{self.plugin_type}.json"
+        return os.path.join(self.state_dir, "attachments", name)
 
     def save(self, record: AttachmentRecord) -> None:
         path = self._path(record.key)
@@ -140,7 +146,7 @@ class AttachmentStore:
             return []
         found = []
         for name in names:
-            if not name.endswith(".json"):
+            if not name.endswith(f"~{self.plugin_type}.json"):
                 continue
             try:
                 with open(os.path.join(folder, name)) as f:

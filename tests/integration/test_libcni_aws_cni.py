@@ -321,7 +321,7 @@ def test_gc_releases_the_address_of_a_crashed_container(
         "lacgc~lac-gc-keep~eth0": addrs["lac-gc-keep"]
     }
     records = sorted(p.name for p in (tmp_path / "state" / "attachments").glob("*.json"))
-    assert records == ["lacgc~lac-gc-keep~eth0.json"]
+    assert records == ["lacgc~lac-gc-keep~eth0~aws-cni.json"]
     # the crashed container's plumbing is gone (its namespace may linger), the valid
     # pod is untouched
     assert veths["lac-gc-crashed"] not in _link_names(node)

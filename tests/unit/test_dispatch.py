@@ -182,7 +182,9 @@ def test_unbuilt_driver_as_conflist_type(tmp_path: Path, netns: str, name: str) 
     assert run_inproc(cni_env("DEL", netns=netns), conf).ok
 
 
-def test_egress_cni_refuses_add_and_allows_del(tmp_path: Path, netns: str) -> None:
+def test_egress_cni_without_node_ip_is_invalid_config_and_del_succeeds(
+    tmp_path: Path, netns: str
+) -> None:
     conf = {
         "cniVersion": "1.0.0",
         "name": "vpc-net",
@@ -193,8 +195,8 @@ def test_egress_cni_refuses_add_and_allows_del(tmp_path: Path, netns: str) -> No
         "prevResult": {"cniVersion": "1.0.0", "ips": [{"address": "10.77.0.1/32"}]},
     }
     call = _add(conf, netns)
-    assert call.code == errors.PluginCode.DRIVER_NOT_IMPLEMENTED
-    assert "egress_snat" in call.error["msg"]
+    assert call.code == errors.SpecCode.INVALID_CONFIG
+    assert "$.nodeIP" in call.error["details"]
     assert run_inproc(cni_env("DEL", netns=netns), conf).ok
 
 
@@ -317,7 +319,10 @@ def test_gc_releases_what_is_not_valid(tmp_path: Path, netns: str) -> None:
     assert call.stdout == ""
     left = sorted((r["network"], r["container"]) for r in fake_ipam_assigned(conf).values())
     assert left == [("other-net", "drop1"), ("vpc-net", "keep")]
-    assert stored_records(conf) == ["other-net~drop1~eth0.json", "vpc-net~keep~eth0.json"]
+    assert stored_records(conf) == [
+        "other-net~drop1~eth0~aws-cni.json",
+        "vpc-net~keep~eth0~aws-cni.json",
+    ]
     assert sorted(c for c, _ in RecordingDriver.calls) == ["delete", "delete"]
 
 
