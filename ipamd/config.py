@@ -43,6 +43,13 @@ MTU_MAX = 9001
 MTU_MIN_IPV4 = 576
 MTU_MIN_IPV6 = 1280
 HTTP_TIMEOUT_MIN = 10  # upstream ignores smaller values
+#: botocore's retry settings for ipamd's EC2 client: the single definition (ec2.py reads
+#: them from here).  11 total attempts = the first request + upstream's 10 SDK retries.
+EC2_RETRY_MODE_VAR = "VPCCNI_EC2_RETRY_MODE"
+EC2_MAX_ATTEMPTS_VAR = "VPCCNI_EC2_MAX_ATTEMPTS"
+EC2_RETRY_MODES = ("standard", "adaptive")
+DEFAULT_EC2_RETRY_MODE = "standard"
+DEFAULT_EC2_MAX_ATTEMPTS = 11
 
 
 class ConfigError(ValueError):
@@ -223,8 +230,9 @@ class IpamdConfig:
     manage_enis_non_schedulable: bool = False
     ec2_endpoint: str = ""
     http_timeout: int = HTTP_TIMEOUT_MIN
-    ec2_retry_mode: str = "standard"
-    ec2_max_attempts: int = 10
+    ec2_retry_mode: str = DEFAULT_EC2_RETRY_MODE
+    #: Total attempts per EC2 call, the first included (botocore's ``total_max_attempts``).
+    ec2_max_attempts: int = DEFAULT_EC2_MAX_ATTEMPTS
     # -- servers -------------------------------------------------------------------------
     disable_metrics: bool = False
     disable_introspection: bool = False
@@ -314,8 +322,8 @@ class IpamdConfig:
             manage_enis_non_schedulable=r.boolean("AWS_MANAGE_ENIS_NON_SCHEDULABLE", False),
             ec2_endpoint=r.string("AWS_EC2_ENDPOINT", ""),
             http_timeout=http_timeout,
-            ec2_retry_mode=r.choice("VPCCNI_EC2_RETRY_MODE", "standard", ("standard", "adaptive")),
-            ec2_max_attempts=r.integer("VPCCNI_EC2_MAX_ATTEMPTS", 10, minimum=1),
+            ec2_retry_mode=_ec2_retry_mode(r),
+            ec2_max_attempts=_ec2_max_attempts(r),
             disable_metrics=r.boolean("DISABLE_METRICS", False),
             disable_introspection=r.boolean("DISABLE_INTROSPECTION", False),
             introspection_bind_address=r.string("INTROSPECTION_BIND_ADDRESS", "127.0.0.1:61679"),
@@ -335,6 +343,25 @@ class IpamdConfig:
         if r.problems:
             raise ConfigError(r.problems)
         return replace(config, warnings=tuple(r.warnings))
+
+
+def _ec2_retry_mode(r: _Reader) -> str:
+    return r.choice(EC2_RETRY_MODE_VAR, DEFAULT_EC2_RETRY_MODE, EC2_RETRY_MODES)
+
+
+def _ec2_max_attempts(r: _Reader) -> int:
+    return r.integer(EC2_MAX_ATTEMPTS_VAR, DEFAULT_EC2_MAX_ATTEMPTS, minimum=1)
+
+
+def ec2_retry_from_env(env: Mapping[str, str]) -> tuple[str, int]:
+    """(retry mode, total attempts) from VPCCNI_EC2_RETRY_MODE / VPCCNI_EC2_MAX_ATTEMPTS, with
+    the daemon's defaults and validation, for code that builds an EC2 client without a whole
+    :class:`IpamdConfig` (``Ec2Api.from_env``).  Raises :class:`ConfigError` on a bad value."""
+    r = _Reader(env)
+    mode, attempts = _ec2_retry_mode(r), _ec2_max_attempts(r)
+    if r.problems:
+        raise ConfigError(r.problems)
+    return mode, attempts
 
 
 def _max_eni(value: int) -> int:

@@ -3,8 +3,10 @@
 Retries are botocore's (``standard`` or ``adaptive`` mode); nothing here loops on an error. When
 botocore gives up, the ``ClientError`` becomes an :class:`Ec2Error` whose :class:`Ec2ErrorKind`
 lets the pool manager react (back off 120 s after subnet exhaustion, report throttling) without
-parsing AWS codes. Every request is counted by botocore event hooks into :class:`ApiStats`, which
-the daemon exports as ``awscni_ec2api_req_count{fn}`` and ``awscni_aws_api_latency_ms``.
+parsing AWS codes. Every request is counted by botocore event hooks into :class:`ApiStats`; the
+same hooks hand each finished call to an optional :data:`CallObserver` (the daemon's
+``Metrics.ec2_call``: ``awscni_ec2api_req_count{fn}``, ``awscni_aws_api_latency_ms``), one call
+at a time with its own latency, error code and HTTP status.
 
 Thread safety: one :class:`Ec2Api` may be shared by threads (boto3 clients are thread-safe and the
 stats take a lock), but allocations must be serialised by the caller: two concurrent
@@ -16,6 +18,7 @@ from __future__ import annotations
 
 import enum
 import json
+import logging
 import os
 import threading
 import time
@@ -36,6 +39,12 @@ import boto3
 import botocore.config
 import botocore.exceptions
 
+from vpccni.ipamd.config import DEFAULT_EC2_MAX_ATTEMPTS
+from vpccni.ipamd.config import DEFAULT_EC2_RETRY_MODE
+from vpccni.ipamd.config import ec2_retry_from_env
+
+log = logging.getLogger(__name__)
+
 # -- names shared with upstream (reference section 4.6) ------------------------------------------
 
 TAG_INSTANCE_ID = "node.k8s.amazonaws.com/instance_id"
@@ -51,8 +60,9 @@ LEAK_MIN_AGE = timedelta(minutes=5)
 SUBNET_EXHAUSTED_BACKOFF_SECONDS = 120.0
 # Device indexes 0..99: VLAN route tables use vlan id + 100, so 100 is a hard maximum.
 MAX_DEVICE_INDEX = 100
-# Total attempts, first one included: upstream's SDK makes up to 10 retries.
-DEFAULT_MAX_ATTEMPTS = 11
+# Total attempts, first one included: upstream's SDK makes up to 10 retries.  One definition,
+# in config.py, for the daemon's VPCCNI_EC2_MAX_ATTEMPTS default and this API's.
+DEFAULT_MAX_ATTEMPTS = DEFAULT_EC2_MAX_ATTEMPTS
 DEFAULT_HTTP_TIMEOUT = 10.0  # upstream HTTP_TIMEOUT default, also its floor
 
 
@@ -170,6 +180,11 @@ class EniInfo:
 # -- call accounting ---------------------------------------------------------------------------
 
 
+#: Told about every finished API call (after botocore's retries): ``(api, latency_ms,
+#: error_code or None, http_status)``; status 0 when no HTTP answer came (connection error).
+CallObserver = Callable[[str, float, str | None, int], None]
+
+
 @dataclass(frozen=True)
 class LatencyKey:
     api: str
@@ -192,7 +207,8 @@ class ApiStats:
     and ``latency`` aggregates wall time per call (retries included) by (api, error, status).
     """
 
-    def __init__(self) -> None:
+    def __init__(self, observer: CallObserver | None = None) -> None:
+        self._observer = observer
         self._lock = threading.Lock()
         self._calls: dict[str, int] = {}
         self._attempts: dict[str, int] = {}
@@ -253,6 +269,13 @@ class ApiStats:
             stat.max_ms = max(stat.max_ms, elapsed)
             if code is not None:
                 self._errors[(action, code)] = self._errors.get((action, code), 0) + 1
+        if self._observer is not None:
+            # Outside the lock (the observer may take its own) and never fatal: metrics must
+            # not turn a successful EC2 call into a failed one.
+            try:
+                self._observer(action, elapsed, code, status)
+            except Exception:
+                log.exception("EC2 call observer failed on %s", action)
 
 
 # -- configuration -----------------------------------------------------------------------------
@@ -312,7 +335,7 @@ class Ec2Api:
         additional_tags: Mapping[str, str] | None = None,
         vpc_cni_version: str = "",
         endpoint_url: str | None = None,
-        retry_mode: str = "standard",
+        retry_mode: str = DEFAULT_EC2_RETRY_MODE,
         max_attempts: int = DEFAULT_MAX_ATTEMPTS,
         connect_timeout: float = DEFAULT_HTTP_TIMEOUT,
         read_timeout: float = DEFAULT_HTTP_TIMEOUT,
@@ -320,6 +343,7 @@ class Ec2Api:
         detach_poll_seconds: float = 1.0,
         detach_poll_attempts: int = 60,
         clock: Callable[[], datetime] = _utcnow,
+        observer: CallObserver | None = None,
     ) -> None:
         if retry_mode not in ("standard", "adaptive"):
             raise ValueError(f"retry_mode must be 'standard' or 'adaptive', not {retry_mode!r}")
@@ -328,7 +352,7 @@ class Ec2Api:
         self.additional_tags = {
             k: v for k, v in (additional_tags or {}).items() if RESERVED_TAG_FRAGMENT not in k
         }
-        self.stats = ApiStats()
+        self.stats = ApiStats(observer)
         self._clock = clock
         self._detach_wait = {"Delay": detach_poll_seconds, "MaxAttempts": detach_poll_attempts}
         config = botocore.config.Config(
@@ -355,7 +379,11 @@ class Ec2Api:
     ) -> Ec2Api:
         """Configured from aws-node's variables: CLUSTER_NAME, ADDITIONAL_ENI_TAGS,
         VPC_CNI_VERSION, HTTP_TIMEOUT (values under 10 ignored, as upstream), AWS_EC2_ENDPOINT /
-        AWS_ENDPOINT_URL_EC2, and botocore's AWS_RETRY_MODE / AWS_MAX_ATTEMPTS."""
+        AWS_ENDPOINT_URL_EC2, and ipamd's VPCCNI_EC2_RETRY_MODE / VPCCNI_EC2_MAX_ATTEMPTS
+        (read and validated by config.py, the one place that defines them; a bad value raises
+        ``ConfigError``).  Keyword arguments win over the environment: the daemon passes its
+        validated ``IpamdConfig`` values.  botocore's own AWS_RETRY_MODE / AWS_MAX_ATTEMPTS
+        have no effect: the retry settings are always given explicitly."""
         env = os.environ if env is None else env
         timeout = DEFAULT_HTTP_TIMEOUT
         raw_timeout = env.get("HTTP_TIMEOUT", "")
@@ -370,8 +398,10 @@ class Ec2Api:
         kwargs.setdefault("additional_tags", parse_additional_tags(env.get("ADDITIONAL_ENI_TAGS")))
         kwargs.setdefault("vpc_cni_version", env.get("VPC_CNI_VERSION", ""))
         kwargs.setdefault("endpoint_url", endpoint_from_env(env))
-        kwargs.setdefault("retry_mode", env.get("AWS_RETRY_MODE") or "standard")
-        kwargs.setdefault("max_attempts", int(env.get("AWS_MAX_ATTEMPTS") or DEFAULT_MAX_ATTEMPTS))
+        if "retry_mode" not in kwargs or "max_attempts" not in kwargs:
+            mode, attempts = ec2_retry_from_env(env)
+            kwargs.setdefault("retry_mode", mode)
+            kwargs.setdefault("max_attempts", attempts)
         kwargs.setdefault("connect_timeout", timeout)
         kwargs.setdefault("read_timeout", timeout)
         return cls(instance_id, region, **kwargs)

@@ -297,8 +297,13 @@ class Metrics:
     def ec2_call(
         self, api: str, latency_ms: float, error: str | None = None, status: int = 200
     ) -> None:
-        """One EC2 API call (after botocore's retries): ``error`` is the AWS error code
-        (``RequestLimitExceeded``, ...) or None, ``status`` the HTTP status."""
+        """One EC2 API call (after botocore's retries): ``latency_ms`` its wall time,
+        retries included, ``error`` the AWS error code (``RequestLimitExceeded``, ...) or
+        None, ``status`` the HTTP status of the last attempt (0: no HTTP answer).
+
+        The signature is ``vpccni.ipamd.ec2.CallObserver``: the daemon hands this method
+        to ``Ec2Api(observer=...)`` so each call is recorded as it finishes, with its own
+        latency and code (totals carried over later would lose both)."""
         failed = error is not None
         self._api_latency.labels(api, str(failed).lower(), str(status)).observe(latency_ms)
         self._ec2_req.labels(api).inc()

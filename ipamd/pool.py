@@ -114,8 +114,6 @@ class PoolManager:
         self._stop = threading.Event()
         self._wake = threading.Event()
         self._metrics_lock = threading.Lock()
-        self._ec2_seen: dict[str, int] = {}
-        self._ec2_errors_seen: dict[tuple[str, str], int] = {}
         self.terminating = False
         self.dropped_on_restore: list[str] = []
 
@@ -175,6 +173,9 @@ class PoolManager:
                 max_attempts=cfg.ec2_max_attempts,
                 connect_timeout=float(cfg.http_timeout),
                 read_timeout=float(cfg.http_timeout),
+                # Each call reaches the metrics as it finishes, with its own latency and
+                # error code, rather than as totals carried over once per pool cycle.
+                observer=self.metrics.ec2_call,
             )
             it = ec2.describe_instance_type_limits(identity.instance_type)
             card0 = {c.index: c.max_enis for c in it.network_cards}.get(0, it.max_enis)
@@ -655,7 +656,6 @@ class PoolManager:
                 per_eni,
                 per_cidr,
             )
-            self._sync_ec2_metrics()
 
     def publish_counts(self) -> None:
         """The pool totals only: cheap enough for every pod request (the per-ENI series
@@ -671,33 +671,3 @@ class PoolManager:
             ds.eni_count(),
             stats.total_prefixes,
         )
-
-    def _sync_ec2_metrics(self) -> None:
-        """Carry ``Ec2Api.stats`` (botocore hooks) over to the Prometheus counters."""
-        if self.ec2 is None:
-            return
-        errors = self.ec2.stats.errors()
-        for (api, code), count in errors.items():
-            for _ in range(count - self._ec2_errors_seen.get((api, code), 0)):
-                self.metrics.ec2_call(api, 0.0, code, 0)
-        self._ec2_errors_seen = errors
-        latency = self.ec2.stats.latency()
-        ok_calls: dict[str, int] = {}
-        for key, stat in latency.items():
-            if not key.error:
-                ok_calls[key.api] = ok_calls.get(key.api, 0) + stat.count
-        for api, count in ok_calls.items():
-            new = count - self._ec2_seen.get(api, 0)
-            avg = _average_ok_latency(latency, api)
-            for _ in range(new):
-                self.metrics.ec2_call(api, avg)
-        self._ec2_seen = ok_calls
-
-
-def _average_ok_latency(latency: Mapping[object, object], api: str) -> float:
-    total = count = 0.0
-    for key, stat in latency.items():
-        if getattr(key, "api", None) == api and not getattr(key, "error", True):
-            total += float(getattr(stat, "total_ms", 0.0))
-            count += float(getattr(stat, "count", 0))
-    return total / count if count else 0.0

@@ -23,6 +23,8 @@ Interface (relied on by the metadata emulator, the VPC fabric and ``vpccni sim``
                               #   the lock; cb("AttachmentAttached") when an attachment
                               #   leaves 'attaching'; unsubscribe(cb) to stop
     emu.describe_eni_state(instance_id) -> list[EniView]   # card, then device order
+    emu.stats                 # RequestStats: counts()/throttled()/failed()/by_outcome()/
+                              #   total()/reset(): every request by action and outcome
     emu.reset()               # wipe moto state and faults (also POST /moto-api/reset)
     emu.seed(n)               # repeatable address choice and throttling
     emu.stop()                # idempotent; Ec2Emulator is also a context manager

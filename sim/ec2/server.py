@@ -69,6 +69,61 @@ class _QuietHandler(WSGIRequestHandler):
         pass
 
 
+class RequestStats:
+    """Every EC2 request the emulator received, by action and outcome.
+
+    Recorded as each request is answered, throttled ones included, so a test sees what a
+    client really sent: botocore's retries of a throttled call are separate requests here.
+    Outcomes: ``ok`` (HTTP < 300), ``throttled`` (injected RequestLimitExceeded) and
+    ``failed`` (any other error answer).  Thread-safe; :meth:`reset` starts from zero.
+    """
+
+    OUTCOMES = ("ok", "throttled", "failed")
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._counts: dict[tuple[str, str], int] = {}
+
+    def record(self, action: str, outcome: str) -> None:
+        if outcome not in self.OUTCOMES:
+            raise ValueError(f"outcome must be one of {self.OUTCOMES}, not {outcome!r}")
+        with self._lock:
+            self._counts[(action, outcome)] = self._counts.get((action, outcome), 0) + 1
+
+    def _by_action(self, outcomes: tuple[str, ...]) -> dict[str, int]:
+        with self._lock:
+            out: dict[str, int] = {}
+            for (action, outcome), n in self._counts.items():
+                if outcome in outcomes:
+                    out[action] = out.get(action, 0) + n
+            return out
+
+    def counts(self) -> dict[str, int]:
+        """Requests per action, whatever their outcome."""
+        return self._by_action(self.OUTCOMES)
+
+    def throttled(self) -> dict[str, int]:
+        """Requests per action answered with the injected RequestLimitExceeded."""
+        return self._by_action(("throttled",))
+
+    def failed(self) -> dict[str, int]:
+        """Requests per action answered with any other error."""
+        return self._by_action(("failed",))
+
+    def by_outcome(self) -> dict[tuple[str, str], int]:
+        """``{(action, outcome): count}``."""
+        with self._lock:
+            return dict(self._counts)
+
+    def total(self) -> int:
+        with self._lock:
+            return sum(self._counts.values())
+
+    def reset(self) -> None:
+        with self._lock:
+            self._counts.clear()
+
+
 class Ec2Emulator:
     def __init__(
         self,
@@ -83,6 +138,8 @@ class Ec2Emulator:
         self.account_id = DEFAULT_ACCOUNT_ID
         self.lock = threading.RLock()
         self.faults = FaultConfig(seed)
+        #: Requests received, by action and outcome (not cleared by :meth:`reset`).
+        self.stats = RequestStats()
         self._rng = random.Random(seed)
         self._moto = DomainDispatcherApplication(create_backend_app)
         self._subscribers: list[Callable[[str], None]] = []
@@ -228,7 +285,24 @@ class Ec2Emulator:
         if delay > 0:
             time.sleep(delay)  # outside the lock: slow calls must not serialize the others
         if self.faults.should_throttle(action):
+            self.stats.record(action, "throttled")
             return _error(Ec2Error("RequestLimitExceeded", "Request limit exceeded.", 503))
+        try:
+            response = self._dispatch(environ, body, request, form)
+        except BaseException:
+            self.stats.record(action, "failed")
+            raise
+        self.stats.record(action, "ok" if response[0] < 300 else "failed")
+        return response
+
+    def _dispatch(
+        self,
+        environ: dict[str, Any],
+        body: bytes,
+        request: Ec2Request,
+        form: list[tuple[str, str]],
+    ) -> WsgiResponse:
+        action = request.action
         handler = HANDLERS.get(action)
         with self.lock:
             try:
