@@ -80,7 +80,12 @@ class CheckpointState:
 
 
 class Checkpointer(Protocol):
-    """Where a datastore persists its state.  ``save`` must be durable when it returns."""
+    """Where a datastore persists its state.  ``save`` must be durable when it returns; the
+    datastore never calls it from two threads at once.
+
+    An implementation may set ``starts_empty = True`` when it provably holds no earlier
+    state (an in-memory one created empty): the datastore then needs no ``restore()``
+    before its first write, as there is nothing that write could destroy."""
 
     def save(self, state: CheckpointState) -> None: ...
 
@@ -261,6 +266,8 @@ class NullCheckpointer:
     def __init__(self, state: CheckpointState | None = None) -> None:
         self.state = state
         self.saves = 0
+        #: Created without a state: nothing to lose, so no restore() is needed first.
+        self.starts_empty = state is None
 
     def save(self, state: CheckpointState) -> None:
         self.state = state

@@ -11,6 +11,7 @@ the two max-pods rules upstream publishes (reference section 5):
 
 The bundled file is located through moto's package spec and read directly: importing moto (or
 boto3) costs far more than the ~30 ms the file takes, and ``vpccni max-pods`` must stay fast.
+Nothing of the whole file stays in memory: ipamd looks up its one type and runs for months.
 """
 
 from __future__ import annotations
@@ -113,11 +114,37 @@ def bundled_data_path() -> str:
     return os.path.join(root, "ec2", "resources", "instance_types.json.gz")
 
 
-@cache
-def _bundled_raw() -> Mapping[str, Mapping[str, Any]]:
+def _bundled_text() -> str:
     with gzip.open(bundled_data_path(), "rt", encoding="utf-8") as fh:
-        data: dict[str, Mapping[str, Any]] = json.load(fh)
+        return fh.read()
+
+
+def _bundled_raw() -> Mapping[str, Mapping[str, Any]]:
+    """Every bundled entry, parsed.  Not cached: the dicts of all 1395 types take ~9 MB that
+    a long-running process (ipamd needs one type) would keep for nothing."""
+    data: dict[str, Mapping[str, Any]] = json.loads(_bundled_text())
     return {name: entry for name, entry in data.items() if "NetworkInfo" in entry}
+
+
+def _bundled_entry(instance_type: str) -> Mapping[str, Any] | None:
+    """The one entry of ``instance_type``, without building the other 1394: the text (one
+    4 MB string, returned whole to the OS when freed) is searched for the key and only the
+    value after it is decoded.  A candidate counts only if it is an entry for that type
+    (its ``InstanceType`` says so), so a look-alike string elsewhere cannot be mistaken."""
+    text = _bundled_text()
+    decoder = json.JSONDecoder()
+    for match in re.finditer(rf'"{re.escape(instance_type)}"\s*:\s*', text):
+        try:
+            value, _end = decoder.raw_decode(text, match.end())
+        except json.JSONDecodeError:
+            continue
+        if (
+            isinstance(value, dict)
+            and value.get("InstanceType") == instance_type
+            and "NetworkInfo" in value
+        ):
+            return value
+    return None
 
 
 def bundled_types() -> list[str]:
@@ -127,16 +154,19 @@ def bundled_types() -> list[str]:
 
 @cache
 def bundled(instance_type: str) -> InstanceTypeInfo:
-    """Data of ``instance_type`` from the bundled AWS data; UnknownInstanceTypeError if absent."""
-    entry = _bundled_raw().get(instance_type)
+    """Data of ``instance_type`` from the bundled AWS data; UnknownInstanceTypeError if absent.
+    Only the small parsed record is kept (cached per type)."""
+    entry = _bundled_entry(instance_type)
     if entry is None:
         raise UnknownInstanceTypeError(f"unknown EC2 instance type {instance_type!r}")
     return parse_instance_type(entry)
 
 
 def iter_bundled() -> Iterator[InstanceTypeInfo]:
-    for name in bundled_types():
-        yield bundled(name)
+    """Every bundled type, sorted as :func:`bundled_types`; reads the data once per call."""
+    raw = _bundled_raw()
+    for name in sorted(raw):
+        yield parse_instance_type(raw[name])
 
 
 # -- max pods ---------------------------------------------------------------------------------

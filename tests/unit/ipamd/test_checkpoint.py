@@ -21,6 +21,7 @@ from vpccni.ipamd.checkpoint import PodMeta
 from vpccni.ipamd.checkpoint import checkpoint_path
 from vpccni.ipamd.datastore import DataStore
 from vpccni.ipamd.datastore import DatastoreError
+from vpccni.ipamd.datastore import NotRestoredError
 
 T0 = 1_690_000_000.0
 WEB = AttachmentKey("aws-cni", "abc123", "eth0")
@@ -45,10 +46,18 @@ class FakeClock:
 
 
 def store(path: Path, clock: FakeClock) -> DataStore:
+    """A node with ENIs and CIDRs known, not yet restored (as after node init's adopt)."""
     ds = DataStore(JsonCheckpointer(str(path)), clock=clock)
     ds.add_eni("eni-0", 0, is_primary=True)
     for i in range(10, 14):
         ds.add_cidr("eni-0", f"10.0.0.{i}/32")
+    return ds
+
+
+def fresh_store(path: Path, clock: FakeClock) -> DataStore:
+    """A fresh node: no checkpoint yet, restored with an empty state as the daemon does."""
+    ds = store(path, clock)
+    assert ds.restore(CheckpointState()) == []
     return ds
 
 
@@ -126,7 +135,7 @@ def go_decodes(doc: dict[str, object]) -> bool:
 
 def test_our_file_with_cooldown_stays_upstream_readable(tmp_path: Path) -> None:
     clock = FakeClock()
-    ds = store(tmp_path / "ipam.json", clock)
+    ds = fresh_store(tmp_path / "ipam.json", clock)
     ds.assign(WEB, PodMeta("default", "web-0"))
     ds.assign(AttachmentKey("aws-cni", "old", "eth0"))
     ds.unassign(AttachmentKey("aws-cni", "old", "eth0"))
@@ -204,22 +213,64 @@ def test_failed_write_keeps_the_old_file_and_leaves_no_temp_file(
     assert os.listdir(tmp_path) == ["ipam.json"]
 
 
-def test_datastore_refuses_assignment_it_cannot_persist(tmp_path: Path) -> None:
+def test_datastore_refuses_assignment_it_cannot_persist(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     clock = FakeClock()
-    ds = store(tmp_path / "state" / "ipam.json", clock)
-    (tmp_path / "state").mkdir()
-    (tmp_path / "state").chmod(0o500)
-    if os.access(tmp_path / "state", os.W_OK):  # root ignores modes: use a file as the dir
-        (tmp_path / "state").chmod(0o700)
-        (tmp_path / "state").rmdir()
-        (tmp_path / "state").write_text("")
-    with pytest.raises(CheckpointError):
+    ds = fresh_store(tmp_path / "ipam.json", clock)
+    written = (tmp_path / "ipam.json").read_text()
+
+    def broken_fsync(fd: int) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(os, "fsync", broken_fsync)
+    with pytest.raises(CheckpointError, match="No space left"):
         ds.assign(WEB)
     assert ds.lookup(WEB) is None
+    assert (tmp_path / "ipam.json").read_text() == written
+
+
+def test_nothing_is_written_before_restore(tmp_path: Path) -> None:
+    """The review bug: a removal before restore() used to replace the checkpoint, and the
+    running pods' allocations in it, with the (empty) state in memory."""
+    path = tmp_path / "ipam.json"
+    path.write_text(UPSTREAM_FILE)
+    ds = store(path, FakeClock())
+    ds.add_cidr("eni-0", "10.0.0.99/32")
+    with pytest.raises(NotRestoredError, match="before restore"):
+        ds.remove_cidr("eni-0", "10.0.0.99/32")
+    with pytest.raises(NotRestoredError):
+        ds.remove_eni("eni-0")
+    with pytest.raises(NotRestoredError):
+        ds.assign(WEB)
+    assert path.read_text() == UPSTREAM_FILE  # untouched
+    # Refused changes were undone: the store is as before.
+    assert [e.id for e in ds.enis()] == ["eni-0"]
+    assert "10.0.0.99/32" in [c.cidr for c in ds.enis()[0].cidrs]
+    assert ds.lookup(WEB) is None
+    # After restore the pods are there and changes are saved again.
+    state = JsonCheckpointer(str(path)).load()
+    assert state is not None
+    assert ds.restore(state) == []
+    ds.remove_cidr("eni-0", "10.0.0.99/32")
+    on_disk = JsonCheckpointer(str(path)).load()
+    assert on_disk is not None
+    assert {e.address for e in on_disk.allocations} == {"10.0.0.11", "10.0.0.12"}
+
+
+def test_a_fresh_node_is_restored_with_an_empty_state(tmp_path: Path) -> None:
+    path = tmp_path / "ipam.json"
+    ds = store(path, FakeClock())
+    before = ds.restored
+    ds.restore(CheckpointState())
+    assert (before, ds.restored) == (False, True)
+    assert JsonCheckpointer(str(path)).load() == CheckpointState()
+    ds.assign(WEB)
+    assert ds.lookup(WEB) is not None
 
 
 def test_writes_leave_only_the_checkpoint(tmp_path: Path) -> None:
-    ds = store(tmp_path / "ipam.json", FakeClock())
+    ds = fresh_store(tmp_path / "ipam.json", FakeClock())
     for n in range(3):
         ds.assign(AttachmentKey("aws-cni", f"c{n}", "eth0"))
     assert os.listdir(tmp_path) == ["ipam.json"]
@@ -231,7 +282,7 @@ def test_writes_leave_only_the_checkpoint(tmp_path: Path) -> None:
 def test_restart_restores_assignments_and_cooldown(tmp_path: Path) -> None:
     clock = FakeClock()
     path = tmp_path / "ipam.json"
-    before = store(path, clock)
+    before = fresh_store(path, clock)
     before.assign(WEB, PodMeta("default", "web-0"))
     gone = AttachmentKey("aws-cni", "gone", "eth0")
     before.assign(gone)

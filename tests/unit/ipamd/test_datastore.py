@@ -10,6 +10,7 @@ import pytest
 from vpccni.core.ipam import AttachmentKey
 from vpccni.core.ipam import FailureReason
 from vpccni.core.ipam import IpamError
+from vpccni.ipamd.checkpoint import CheckpointEntry
 from vpccni.ipamd.checkpoint import CheckpointState
 from vpccni.ipamd.checkpoint import NullCheckpointer
 from vpccni.ipamd.checkpoint import PodMeta
@@ -18,6 +19,7 @@ from vpccni.ipamd.datastore import DuplicateEniError
 from vpccni.ipamd.datastore import EniInUseError
 from vpccni.ipamd.datastore import IpAlreadyInStoreError
 from vpccni.ipamd.datastore import IpInUseError
+from vpccni.ipamd.datastore import NotRestoredError
 from vpccni.ipamd.datastore import UnknownEniError
 from vpccni.ipamd.datastore import UnknownIpError
 
@@ -436,3 +438,24 @@ def test_views_show_enis_cidrs_and_cooling(clock: FakeClock) -> None:
         ("10.0.0.10", key(1), False),
         ("10.0.0.11", None, True),
     ]
+
+
+def test_no_write_before_restore_when_the_checkpoint_holds_state(clock: FakeClock) -> None:
+    """A checkpointer with saved state must not be overwritten before restore(): the
+    removal is refused and undone, and the saved allocations survive."""
+    saved = CheckpointState((CheckpointEntry(key(1), "10.0.0.10", 1),))
+    cp = NullCheckpointer(saved)
+    ds = node(clock, cp)
+    assert not ds.restored
+    with pytest.raises(NotRestoredError):
+        ds.remove_cidr("eni-0", "10.0.0.12/32")
+    with pytest.raises(NotRestoredError):
+        ds.assign(key(2))
+    assert ds.unassign(key(1)) is None  # not in memory yet: nothing to release or write
+    assert "10.0.0.12/32" in [c.cidr for c in ds.enis()[0].cidrs]
+    assert (cp.state, cp.saves) == (saved, 0)
+    ds.restore(saved)
+    assert ds.lookup(key(1)) is not None
+    ds.remove_cidr("eni-0", "10.0.0.12/32")
+    assert cp.state is not None
+    assert cp.state.allocations == saved.allocations
