@@ -239,6 +239,10 @@ class JsonCheckpointer:
             raise CheckpointError(f"{self.path}: cannot write checkpoint: {exc}") from exc
 
     def load(self) -> CheckpointState | None:
+        """The saved state (None on a fresh node).  Also removes temp files a killed daemon
+        left between mkstemp and rename: the rename is the commit point, so they never hold
+        committed state, and only one daemon owns a checkpoint path."""
+        self._remove_stale_temp_files()
         try:
             with open(self.path, encoding="utf-8") as f:
                 text = f.read()
@@ -251,6 +255,17 @@ class JsonCheckpointer:
         except json.JSONDecodeError as exc:
             raise CheckpointError(f"{self.path}: not valid JSON: {exc}") from None
         return decode(doc, self.path)
+
+    def _remove_stale_temp_files(self) -> None:
+        directory = os.path.dirname(self.path) or "."
+        prefix = os.path.basename(self.path) + ".tmp"
+        try:
+            names = os.listdir(directory)
+        except OSError:
+            return
+        for name in names:
+            if name.startswith(prefix):
+                _unlink_quietly(os.path.join(directory, name))
 
 
 def _unlink_quietly(path: str) -> None:

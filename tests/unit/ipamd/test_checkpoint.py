@@ -373,3 +373,17 @@ def test_restored_cooldown_explains_a_failure(tmp_path: Path) -> None:
     with pytest.raises(IpamError) as info:
         ds.assign(WEB)
     assert info.value.reason is FailureReason.COOLDOWN
+
+
+def test_load_removes_temp_files_a_killed_daemon_left(tmp_path: Path) -> None:
+    path = tmp_path / "ipam.json"
+    cp = JsonCheckpointer(str(path))
+    cp.save(CheckpointState())
+    stale = [tmp_path / "ipam.json.tmpab12cd", tmp_path / "ipam.json.tmp9z"]
+    for leftover in stale:
+        leftover.write_text('{"version":"vpc-cni-ipam/1","allocations":[]}')
+    other = tmp_path / "unrelated.tmp1"
+    other.write_text("keep me")
+    assert cp.load() == CheckpointState()
+    assert not any(p.exists() for p in stale)
+    assert other.exists()
