@@ -1,21 +1,27 @@
-"""``make demo``: aws-cni driven by a real CNI client, in throwaway namespaces.
+"""``make demo``: pods with VPC addresses on a local VPC simulator, through a real CNI client.
 
-A node namespace and three pod namespaces; a conflist chaining aws-cni (fake ipam, the
-test_veth driver) with Debian's reference portmap and tuning; ADD, CHECK, GET and DEL of
-three pods through libcni (``cnictl``, built by tools/build-cnictl.sh).  Every plugin
-runs inside the node namespace and every file lives in a temporary directory, so the
-machine's own network is only ever read (to show it did not change).
+The simulator (EC2 emulator, instance metadata, a VPC made of network namespaces) runs in
+this process with two m5.large nodes; ``vpccni-ipamd`` runs inside each node namespace; pods
+are created by libcni (``cnictl``, built by tools/build-cnictl.sh) executing ``aws-cni``
+with the routed_eni driver inside the node, more pods on node0 than one ENI holds so ipamd
+attaches an ENI on demand.  Then a report (nodes, ENIs, pods, a ping matrix, ADD timings),
+and everything is torn down; the root namespace is only ever read, to show it did not change.
+
+``tools/demo.py --fake`` runs the first demo instead (fake ipam, test_veth, no simulator).
 
 Exit status 0 when everything worked, 1 on a failure, 130 on Ctrl-C; always cleans up.
-(The routed_eni issue turns this into the VPC simulator demo.)
 """
 
 from __future__ import annotations
 
+import concurrent.futures
+import contextlib
 import json
+import logging
 import os
 import shutil
 import signal
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -43,12 +49,17 @@ from tests.support.cnictl import fake_ipam_assigned  # noqa: E402
 from tests.support.cnictl import nat_rules  # noqa: E402
 from tests.support.cnictl import ping  # noqa: E402
 from tests.support.cnictl import write_conflist  # noqa: E402
+from tests.support.ipamd import IPAMD  # noqa: E402
+from tests.support.simnode import CniFailure  # noqa: E402
+from tests.support.simnode import Pod  # noqa: E402
+from tests.support.simnode import SimNode  # noqa: E402
+from tests.support.simnode import namespaces_with  # noqa: E402
+from tests.support.simnode import ping_ok  # noqa: E402
+from tests.support.simnode import root_snapshot  # noqa: E402
 
-POOL = "10.123.0.0/28"
-NODE_ADDR = "10.123.1.1"
-NETWORK = "demo-net"
-PODS = ("web-0", "web-1", "db-0")
-HOST_PORT = 18080
+#: node -> pods; 12 > 9, the secondary addresses one m5.large ENI holds
+PODS = {"node0": 12, "node1": 4}
+IPAMD_ENV = {"WARM_IP_TARGET": "3", "IP_COOLDOWN_PERIOD": "2"}
 
 
 class DemoError(Exception):
@@ -56,11 +67,208 @@ class DemoError(Exception):
 
 
 def _sigterm(_signum: int, _frame: FrameType | None) -> None:
-    # Treat `kill` like Ctrl-C so the finally blocks tear the namespaces down.
+    # Treat `kill` like Ctrl-C so the finally blocks tear everything down.
     raise KeyboardInterrupt
 
 
+def say(line: str = "") -> None:
+    print(line, flush=True)
+
+
 def _preflight() -> None:
+    if os.geteuid() != 0:
+        raise DemoError("run as root: the demo creates network namespaces (try: sudo make demo)")
+    for tool in ("ip", "nft", "ping"):
+        if shutil.which(tool) is None:
+            raise DemoError(f"{tool} is missing: run `make demo` (it installs the Debian packages)")
+    for path in (aws_cni_binary(), Path(IPAMD)):
+        if not path.exists():
+            raise DemoError(f"{path} is missing: run `make demo` (it installs vpccni)")
+
+
+def _pct(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * (len(ordered) - 1) + 0.5))]
+
+
+class SimDemo:
+    def __init__(self, workdir: Path, stack: contextlib.ExitStack) -> None:
+        self.workdir = workdir
+        self.stack = stack
+        self.prefixes: list[str] = []
+        self.nodes: list[SimNode] = []
+
+    def run(self) -> None:
+        # Imported after the preflight: it pulls in moto and boto3.
+        from vpccni.sim.fixtures import running_simulator
+
+        root_before = root_snapshot()
+        cnictl = ensure_cnictl()
+        t0 = time.perf_counter()
+        sim = self.stack.enter_context(running_simulator(nodes=len(PODS), instance_type="m5.large"))
+        self.prefixes.append(sim.prefix + "-")
+        env = ", ".join(f"{k}={v}" for k, v in IPAMD_ENV.items())
+        say(
+            f"vpccni demo: VPC simulator {sim.prefix} ({sim.topology.vpc_cidrs[0]}) up in "
+            f"{time.perf_counter() - t0:.1f} s; ipamd per node ({env})"
+        )
+        for name in PODS:
+            node = SimNode(
+                sim,
+                name,
+                self.workdir,
+                IPAMD_ENV,
+                cnictl=cnictl,
+                pod_prefix=f"vd{uuid.uuid4().hex[:6]}",
+            )
+            self.prefixes.append(node.pod_prefix + "-")
+            # Registered before start: a half-started node is still closed.
+            self.stack.callback(node.close)
+            self.nodes.append(node)
+            node.start()
+        t0 = time.perf_counter()
+        for letter, node in zip("ab", self.nodes, strict=False):
+            for i in range(PODS[node.name]):
+                node.add_pod(f"{letter}{i}")
+        pods = [p for n in self.nodes for p in n.pods.values()]
+        say(
+            f"{len(pods)} pods ADDed through libcni -> aws-cni (routed_eni) in "
+            f"{time.perf_counter() - t0:.1f} s, retried while ipamd attached ENIs: "
+            f"{sum(p.add_attempts - 1 for p in pods)} retries"
+        )
+        say()
+        owners: dict[str, tuple[str, int, str]] = {}
+        for node in self.nodes:
+            n = sim.node(node.name)
+            with sim.emulator.lock:
+                enis = sim.emulator.describe_eni_state(n.instance_id)
+            say(f"{node.name}: {n.instance_id} {n.instance_type}, ENIs: {len(enis)}")
+            for eni in enis:
+                used = sum(p.address in eni.private_ips for p in node.pods.values())
+                say(
+                    f"  eth{eni.device_index} {eni.eni_id} {eni.status:9} primary "
+                    f"{eni.private_ips[0]:12} + {len(eni.private_ips) - 1} secondary "
+                    f"({used} used by pods)"
+                )
+                for ip in eni.private_ips:
+                    owners[ip] = (node.name, eni.device_index, eni.eni_id)
+        say()
+        say("pod  address       node  ENI  rule 1536      ADD ms")
+        for node in self.nodes:
+            for pod in node.pods.values():
+                where = owners.get(pod.address)
+                if where is None:
+                    raise DemoError(f"EC2 does not list {pod.address} ({pod.name}) on any ENI")
+                table = node.from_pod_table(pod.address)
+                rule = f"lookup {table}" if table else "- (main)"
+                say(
+                    f"{pod.name:4} {pod.address:13} {where[0]:5} eth{where[1]} "
+                    f"{rule:14} {pod.add_ms:6.0f}"
+                )
+        say()
+        failures = self.matrix(pods)
+        adds = [p.add_ms for p in pods]
+        say(
+            f"ADD (libcni call incl. plugin start): p50 {statistics.median(adds):.0f} ms, "
+            f"max {max(adds):.0f} ms"
+        )
+        dels = []
+        for node in self.nodes:
+            for pod in list(node.pods.values()):
+                dels.append(_ms(node.delete_pod(pod)))
+        say(
+            f"DEL: p50 {statistics.median(dels):.0f} ms, max {max(dels):.0f} ms; "
+            f"ipamd holds {sum(n.ipamd.pool()[2] for n in self.nodes)} assigned addresses"
+        )
+        self.stack.close()  # ipamd stopped, simulator down
+        left = namespaces_with(self.prefixes)
+        same = root_snapshot() == root_before
+        say(
+            f"teardown: ipamd stopped, simulator down, namespaces "
+            f"{'all deleted' if not left else 'LEFT: ' + ' '.join(left)}; root namespace "
+            f"{'unchanged (links, addresses, routes, rules)' if same else 'CHANGED'}"
+        )
+        if failures or left or not same:
+            raise DemoError("some checks above failed")
+
+    def matrix(self, pods: list[Pod]) -> int:
+        """Ping every pod from every pod; print a matrix; return the number of failures."""
+        # Indices, not pods, as keys: Pod is a mutable dataclass (unhashable).
+        pairs = [(i, j) for i in range(len(pods)) for j in range(len(pods)) if i != j]
+
+        def probe(pair: tuple[int, int]) -> bool:
+            return ping_ok(pods[pair[0]].netns, pods[pair[1]].address)
+
+        with concurrent.futures.ThreadPoolExecutor(16) as pool:
+            ok = dict(zip(pairs, pool.map(probe, pairs), strict=True))
+        say("ping " + " ".join(f"{p.name:>3}" for p in pods) + "  (a: node0, b: node1)")
+        for i, src in enumerate(pods):
+            marks = [
+                "  ." if i == j else (" ok" if ok.get((i, j)) else "  X") for j in range(len(pods))
+            ]
+            say(f"{src.name:>3}  " + " ".join(marks))
+        bad = sum(not v for v in ok.values())
+        cross = sum(v for (i, j), v in ok.items() if pods[i].node != pods[j].node)
+        say(
+            f"{len(pairs) - bad}/{len(pairs)} pairs reachable ({cross} across nodes, through the "
+            "VPC namespace, no overlay)"
+        )
+        return bad
+
+
+def _ms(call: CniCall) -> float:
+    return call.elapsed_ms if call.elapsed_ms is not None else call.wall_ms
+
+
+def main() -> int:
+    if "--fake" in sys.argv[1:]:
+        return fake_main()
+    signal.signal(signal.SIGTERM, _sigterm)
+    # Also when started with SIGINT ignored (a background job): Ctrl-C must clean up.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    # The simulator logs its own progress; the report is what this demo prints.
+    logging.basicConfig(level=logging.ERROR)
+    started = time.perf_counter()
+    try:
+        _preflight()
+    except DemoError as exc:
+        print(f"demo: {exc}", file=sys.stderr)
+        return 1
+    workdir = Path(tempfile.mkdtemp(prefix="vpccni-demo-"))
+    stack = contextlib.ExitStack()
+    status = 0
+    try:
+        SimDemo(workdir, stack).run()
+    except KeyboardInterrupt:
+        print("\ndemo: interrupted, cleaning up", file=sys.stderr)
+        status = 130
+    except (DemoError, CniFailure, CniCallError, CnictlUnavailable, AssertionError) as exc:
+        print(f"demo: FAILED: {exc}", file=sys.stderr)
+        status = 1
+    except (OSError, subprocess.SubprocessError) as exc:
+        print(f"demo: FAILED: {exc}", file=sys.stderr)
+        status = 1
+    finally:
+        # A second Ctrl-C during cleanup must not leave namespaces behind.
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        stack.close()
+        shutil.rmtree(workdir, ignore_errors=True)
+    if status == 0:
+        print(f"demo: OK in {time.perf_counter() - started:.1f} s")
+    return status
+
+
+# ------------------------------------------------------------------------------------------ --fake
+
+FAKE_POOL = "10.123.0.0/28"
+FAKE_NODE_ADDR = "10.123.1.1"
+FAKE_NETWORK = "demo-net"
+FAKE_PODS = ("web-0", "web-1", "db-0")
+FAKE_HOST_PORT = 18080
+
+
+def _fake_preflight() -> None:
     if os.geteuid() != 0:
         raise DemoError("run as root: the demo creates network namespaces (try: sudo make demo)")
     for tool in ("ip", "iptables", "ping"):
@@ -73,7 +281,7 @@ def _preflight() -> None:
         raise DemoError(f"{aws_cni_binary()} is missing: run `make demo` (it installs vpccni)")
 
 
-def _root_snapshot() -> tuple[str, str, str]:
+def _fake_root_snapshot() -> tuple[str, str, str]:
     """The root namespace's links, routes and rules (read only)."""
 
     def ip(*args: str) -> str:
@@ -83,7 +291,7 @@ def _root_snapshot() -> tuple[str, str, str]:
     return ip("link"), ip("route", "show", "table", "all"), ip("rule")
 
 
-class Demo:
+class FakeDemo:
     def __init__(self, workdir: Path) -> None:
         self.workdir = workdir
         self.tag = uuid.uuid4().hex[:6]
@@ -112,18 +320,18 @@ class Demo:
         return call
 
     def run(self) -> None:
-        root_before = _root_snapshot()
+        root_before = _fake_root_snapshot()
         node = self.netns("node")
         # The node's own address (pods reach it via 169.254.1.1) and forwarding between
         # pods, both inside the node namespace only.
-        node.ip("addr", "add", f"{NODE_ADDR}/32", "dev", "lo")
+        node.ip("addr", "add", f"{FAKE_NODE_ADDR}/32", "dev", "lo")
         node.exec("sysctl", "-qw", "net.ipv4.ip_forward=1")
-        pods = [self.netns(f"p{i}") for i in range(len(PODS))]
+        pods = [self.netns(f"p{i}") for i in range(len(FAKE_PODS))]
         cache = self.workdir / "cnicache"
         conflist = aws_cni_conflist(
-            NETWORK,
+            FAKE_NETWORK,
             self.workdir,
-            [POOL],
+            [FAKE_POOL],
             cache_dir=cache,
             tuning={"sysctl": {"net.ipv4.conf.eth0.rp_filter": "2"}},
         )
@@ -140,9 +348,9 @@ class Demo:
         self.say(f"files: {self.workdir} (removed at the end)")
 
         rows = []
-        for i, (name, pod) in enumerate(zip(PODS, pods, strict=True)):
+        for i, (name, pod) in enumerate(zip(FAKE_PODS, pods, strict=True)):
             cid = f"demo-{self.tag}-{name}"
-            port = {"hostPort": HOST_PORT + i, "containerPort": 80, "protocol": "tcp"}
+            port = {"hostPort": FAKE_HOST_PORT + i, "containerPort": 80, "protocol": "tcp"}
             mappings = {"portMappings": [port]}
             # Recorded first: a failed ADD is still DEL'd on the way out (libcni does not).
             self.added.append((pod, cid))
@@ -166,7 +374,7 @@ class Demo:
         for name, _pod, _cid, add, check, same in rows:
             host_if = add.result["interfaces"][0]["name"]
             self.say(
-                f"{name:7} {add.addresses()[0]:14} {host_if:15} {_ms(add):>7} {_ms(check):>8}"
+                f"{name:7} {add.addresses()[0]:14} {host_if:15} {_fms(add):>7} {_fms(check):>8}"
                 f"  {'= ADD result' if same else 'DIFFERS from ADD'}"
             )
         self.say("(ms: one libcni call running the whole chain, plugin start-up included)")
@@ -202,23 +410,23 @@ class Demo:
         for name, pod, cid, *_ in rows:
             dele = self.call(f"DEL {name}", ctl.delete(conf, pod.path, cid))
             self.added.remove((pod, cid))
-            dels.append(f"{name} {_ms(dele)}")
+            dels.append(f"{name} {_fms(dele)}")
         self.say("DEL ms: " + ", ".join(dels))
         left = fake_ipam_assigned(self.workdir / "ipam.json")
         links = [link["ifname"] for link in node.ip_json("link")]
-        dnat = "CNI-DN-" in nat_rules(node)
+        dnat_left = "CNI-DN-" in nat_rules(node)
         self.say(
             f"after DEL: addresses held {len(left)}, node links {links}, "
-            f"DNAT rules {'LEFT' if dnat else 'gone'}"
+            f"DNAT rules {'LEFT' if dnat_left else 'gone'}"
         )
         self.teardown()
         gone = all(not (NETNS_DIR / ns.name).exists() for ns in self.namespaces)
-        same = _root_snapshot() == root_before
+        same = _fake_root_snapshot() == root_before
         self.say(
             f"teardown: namespaces {'deleted' if gone else 'LEFT BEHIND'}; root namespace "
             f"{'untouched (links, routes, rules)' if same else 'CHANGED'}"
         )
-        if failures or left or dnat or links != ["lo"] or not gone or not same:
+        if failures or left or dnat_left or links != ["lo"] or not gone or not same:
             raise DemoError("some checks above failed")
 
     def teardown(self) -> None:
@@ -242,23 +450,24 @@ class Demo:
             delete_netns(ns)
 
 
-def _ms(call: CniCall) -> str:
+def _fms(call: CniCall) -> str:
     value = call.elapsed_ms if call.elapsed_ms is not None else call.wall_ms
     return f"{value:.0f}"
 
 
-def main() -> int:
+def fake_main() -> int:
+    """The first demo: fake ipam and the test_veth driver, no simulator."""
     signal.signal(signal.SIGTERM, _sigterm)
     # Also when started with SIGINT ignored (a background job): Ctrl-C must clean up.
     signal.signal(signal.SIGINT, signal.default_int_handler)
     started = time.perf_counter()
     try:
-        _preflight()
+        _fake_preflight()
     except DemoError as exc:
         print(f"demo: {exc}", file=sys.stderr)
         return 1
     workdir = Path(tempfile.mkdtemp(prefix="vpccni-demo-"))
-    demo = Demo(workdir)
+    demo = FakeDemo(workdir)
     status = 0
     try:
         demo.run()
