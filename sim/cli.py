@@ -42,6 +42,11 @@ def register(subparsers: Any) -> None:
         help="VPC IPv4 CIDR (default 10.0.0.0/16); repeat for secondary CIDRs",
     )
     up.add_argument("--ipv6", action="store_true", help="give the VPC and subnets IPv6 blocks")
+    up.add_argument(
+        "--source-dest-check",
+        action="store_true",
+        help="drop packets whose source the sending ENI does not own, as EC2 does",
+    )
     up.add_argument("--region", default="us-west-2", help=argparse.SUPPRESS)
     up.set_defaults(func=cmd_up)
 
@@ -82,6 +87,7 @@ def cmd_up(args: argparse.Namespace) -> int:
         vpc_cidrs=cidrs,
         ipv6=args.ipv6,
         region=args.region,
+        source_dest_check=args.source_dest_check,
     )
     try:
         config.validate()  # cheap checks before anything is spawned
@@ -102,6 +108,8 @@ def cmd_up(args: argparse.Namespace) -> int:
         argv += ["--vpc-cidr", cidr]
     if args.ipv6:
         argv.append("--ipv6")
+    if args.source_dest_check:
+        argv.append("--source-dest-check")
     with open(state.log_file, "ab") as logf:
         proc = subprocess.Popen(
             argv,

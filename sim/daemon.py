@@ -68,6 +68,9 @@ class SimConfig:
     vpc_cidrs: tuple[str, ...] = ("10.0.0.0/16",)
     ipv6: bool = False
     region: str = "us-west-2"
+    #: EC2's source/destination check: the VPC router drops a packet whose source the
+    #: sending ENI does not own (catches missing per-ENI policy routing in a CNI).
+    source_dest_check: bool = False
 
     def validate(self) -> None:
         """Everything checkable without moto; ``check_instance_type`` needs the AWS data."""
@@ -225,6 +228,7 @@ class Simulator:
             vpc_cidrs=self.topology.vpc_cidrs,
             vpc_ipv6_cidrs=self.topology.vpc_ipv6_cidrs,
             service_addresses=[IMDS_ADDRESS, EC2_SERVICE_ADDRESS],
+            source_dest_check=cfg.source_dest_check,
         )
         self.fabric.ensure_base()
         self._sync_fabric()
@@ -533,6 +537,7 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     p.add_argument("--instance-type", default="m5.large")
     p.add_argument("--vpc-cidr", action="append", default=[])
     p.add_argument("--ipv6", action="store_true")
+    p.add_argument("--source-dest-check", action="store_true")
     p.add_argument("--region", default="us-west-2")
     return p.parse_args(argv)
 
@@ -561,6 +566,7 @@ def daemon_main(argv: Sequence[str] | None = None) -> int:
         vpc_cidrs=tuple(args.vpc_cidr or ["10.0.0.0/16"]),
         ipv6=args.ipv6,
         region=args.region,
+        source_dest_check=args.source_dest_check,
     )
     sim: Simulator | None = None
     try:

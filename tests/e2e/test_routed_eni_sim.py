@@ -13,8 +13,6 @@ import contextlib
 import json
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
-from unittest import mock
 
 import pytest
 
@@ -27,7 +25,6 @@ from tests.support.simnode import echo_sources
 from tests.support.simnode import is_vpc_address
 from tests.support.simnode import ping_ok
 from tests.support.simnode import routed_conflist
-from vpccni.sim.fabric import Fabric
 from vpccni.sim.fixtures import SimHandle
 from vpccni.sim.fixtures import netns_available
 from vpccni.sim.fixtures import running_simulator
@@ -37,15 +34,6 @@ pytestmark = [pytest.mark.sim, pytest.mark.netns]
 PODS_PER_NODE = 12  # > 9, the secondary addresses of one m5.large ENI
 PER_ENI = 9
 IPAMD_ENV = {"WARM_IP_TARGET": "3", "IP_COOLDOWN_PERIOD": "2"}
-
-
-class _CheckedFabric(Fabric):
-    """The simulator's fabric with EC2's source/destination check on.  SimConfig has no
-    switch for it yet, so the module swaps the class the simulator builds."""
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        kwargs.setdefault("source_dest_check", True)
-        super().__init__(*args, **kwargs)
 
 
 class Cluster:
@@ -64,8 +52,7 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
         pytest.skip(reason)
     workdir = tmp_path_factory.mktemp("routed")
     with (
-        mock.patch("vpccni.sim.daemon.Fabric", _CheckedFabric),
-        running_simulator(nodes=2, instance_type="m5.large") as sim,
+        running_simulator(nodes=2, instance_type="m5.large", source_dest_check=True) as sim,
         contextlib.ExitStack() as stack,
     ):
         assert sim.fabric.source_dest_check
