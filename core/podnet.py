@@ -19,8 +19,11 @@ Conventions:
   do a route lookup, which raises ENETUNREACH when nothing matches.
 * The family always comes from the address (:class:`PodAddress`), so IPv6 (/128, gateway
   ``fe80::1``) goes through the same functions.  IPv6 pods additionally need
-  ``disable_ipv6=0`` inside the pod and a wait for DAD (upstream setupVeth steps 6 and
-  11); that needs a thread in the pod's namespace and arrives with the IPv6 driver.
+  ``disable_ipv6=0`` inside the pod (:func:`enable_pod_ipv6`: a short-lived thread enters
+  the pod's namespace with setns, no fork) and a wait for DAD (:func:`wait_pod_dad`),
+  upstream setupVeth steps 6 and 11.  The pod's /128 is added with ``nodad``: ipamd hands
+  each address of the /80 to one pod only and the veth has a single peer, so duplicate
+  detection can find nothing and would only delay the pod by a second or more.
 """
 
 from __future__ import annotations
@@ -30,6 +33,8 @@ import ipaddress
 import os
 import secrets
 import socket
+import threading
+import time
 from collections.abc import Callable
 from collections.abc import Iterable
 from collections.abc import Mapping
@@ -52,6 +57,14 @@ GONE = frozenset({errno.ENODEV, errno.ENOENT, errno.ESRCH, errno.EADDRNOTAVAIL})
 #: upstream setupVeth: sysctls of the host veth, written before it is brought up
 HOST_VETH_SYSCTLS = (("accept_ra", "0"), ("accept_redirects", "1"), ("forwarding", "0"))
 MAC_ATTEMPTS = 10
+#: ifaddrmsg flags (linux/if_addr.h)
+IFA_F_NODAD = 0x02
+IFA_F_TENTATIVE = 0x40
+IFA_F_DADFAILED = 0x08
+#: upstream: poll every 50 ms for at most 10 s until the pod's IPv6 addresses are stable
+DAD_POLL_SECONDS = 0.05
+DAD_TIMEOUT_SECONDS = 10.0
+CLONE_NEWNET = 0x40000000
 
 _AF = {4: socket.AF_INET, 6: socket.AF_INET6}
 
@@ -285,8 +298,12 @@ def bring_up(host: Any, pod: Any, pair: VethPair, mtu: int) -> VethPair:
 
 
 def add_pod_address(pod: Any, pair: VethPair, addr: PodAddress) -> None:
+    """The pod's /32 (IPv4) or /128 (IPv6, ``nodad``: see the module docstring)."""
+    extra = {"flags": IFA_F_NODAD} if addr.family == 6 else {}
     try:
-        pod.addr("add", index=pair.pod_index, address=addr.address, prefixlen=addr.prefixlen)
+        pod.addr(
+            "add", index=pair.pod_index, address=addr.address, prefixlen=addr.prefixlen, **extra
+        )
     except Exception as exc:
         if error_code(exc) != errno.EEXIST:
             raise
@@ -326,6 +343,75 @@ def plumb_pod_side(pod: Any, pair: VethPair, addr: PodAddress) -> None:
     add_pod_address(pod, pair, addr)
     add_pod_routes(pod, pair, addr)
     add_pod_neighbour(pod, pair, addr)
+
+
+def run_in_netns(netns_path: str, func: Callable[[], None]) -> None:
+    """Run ``func`` in a thread that has entered the namespace at ``netns_path``.
+
+    setns(2) switches only the calling thread, so a throw-away thread enters the pod's
+    namespace, works and ends: no thread of this process ever stays in the wrong namespace,
+    and nothing forks (gRPC, ipamd's client, does not survive a fork)."""
+    import ctypes  # noqa: PLC0415 - IPv6 pods only: keep it off the IPv4 ADD path
+
+    errors_seen: list[BaseException] = []
+
+    def worker() -> None:
+        try:
+            libc = ctypes.CDLL(None, use_errno=True)
+            fd = os.open(netns_path, os.O_RDONLY)
+            try:
+                if libc.setns(fd, CLONE_NEWNET) != 0:
+                    err = ctypes.get_errno()
+                    raise OSError(err, f"setns({netns_path}): {os.strerror(err)}")
+            finally:
+                os.close(fd)
+            func()
+        except BaseException as exc:  # noqa: BLE001 - re-raised in the caller's thread
+            errors_seen.append(exc)
+
+    thread = threading.Thread(target=worker, name="podnet-netns", daemon=True)
+    thread.start()
+    thread.join()
+    if errors_seen:
+        raise errors_seen[0]
+
+
+def enable_pod_ipv6(netns_path: str, pod_ifname: str) -> None:
+    """upstream setupVeth step 6: ``disable_ipv6=0`` on the pod interface and on ``lo``
+    inside the pod (runtimes often create pod namespaces with IPv6 disabled)."""
+
+    def write() -> None:
+        for ifname in (pod_ifname, "lo"):
+            with open(f"/proc/sys/net/ipv6/conf/{ifname}/disable_ipv6", "w") as f:
+                f.write("0")
+
+    run_in_netns(netns_path, write)
+
+
+def wait_pod_dad(
+    pod: Any,
+    pair: VethPair,
+    addr: PodAddress,
+    timeout: float = DAD_TIMEOUT_SECONDS,
+    interval: float = DAD_POLL_SECONDS,
+) -> None:
+    """upstream setupVeth step 11: wait until the pod's IPv6 address is no longer tentative
+    (at once with ``nodad``); a failed DAD or the timeout raises."""
+    deadline = time.monotonic() + timeout
+    while True:
+        flags = None
+        for a in pod.get_addr(family=socket.AF_INET6, index=pair.pod_index):
+            if a.get_attr("IFA_ADDRESS") == addr.address:
+                flags = a.get_attr("IFA_FLAGS")
+                flags = a.get("flags", 0) if flags is None else flags
+        if flags is not None and flags & IFA_F_DADFAILED:
+            raise RuntimeError(f"duplicate address detection failed for {addr.cidr}")
+        if flags is not None and not flags & IFA_F_TENTATIVE:
+            return
+        if time.monotonic() >= deadline:
+            state = "missing" if flags is None else "still tentative"
+            raise RuntimeError(f"{addr.cidr} on {pair.pod_name} is {state} after {timeout:g}s")
+        time.sleep(interval)
 
 
 # --------------------------------------------------------------------------- host side
@@ -484,7 +570,8 @@ def check_pod_side(
         r.get_attr("RTA_DST") == gw
         and r.get("dst_len") == host_len
         and r.get_attr("RTA_OIF") == pod_index
-        and r.get("scope") == RT_SCOPE_LINK
+        # The kernel keeps every IPv6 route at scope universe: "scope link" is IPv4 only.
+        and (family == 6 or r.get("scope") == RT_SCOPE_LINK)
         for r in routes
     ):
         problems.append(f"pod route {gw}/{host_len} scope link dev {pod_ifname} is missing")

@@ -26,8 +26,13 @@ from vpccni.ipamd.metrics import Metrics
 
 log = logging.getLogger(__name__)
 
-#: The driver that plumbs a pod on a secondary IP of an ENI (entry point name).
+#: The driver that plumbs a pod on a secondary IP of an ENI (entry point name).  IPv4
+#: addresses carved from a /28 prefix are plumbed exactly like secondary IPs (a /32 on a
+#: veth, rules 512/1536), so prefix-delegation pods name it too.
 ROUTED_ENI_DRIVER = "routed_eni"
+#: The driver that plumbs IPv6 pods (addresses from the primary ENI's /80): routed_eni's
+#: plumbing plus the IPv6 pieces (disable_ipv6=0 in the pod, DAD).
+PREFIX_DRIVER = "prefix"
 #: Reasons that mean "the pool had nothing": the pool manager should act now.
 _POOL_REASONS = frozenset(
     {
@@ -65,7 +70,8 @@ class IpamdBackend:
         self.metrics = metrics
         self.use_external_snat = config.external_snat
         # Upstream: the VPC CIDRs, plus the SNAT exclusions when ipamd does the SNAT.
-        extra = () if config.external_snat else config.exclude_snat_cidrs
+        # IPv6 has no SNAT, so no exclusions either (upstream replies VPCv6CIDRs only).
+        extra = () if config.external_snat or config.enable_ipv6 else config.exclude_snat_cidrs
         self.vpc_cidrs = tuple(dict.fromkeys((*vpc_cidrs, *extra)))
         self._ready = threading.Event()
         self._ready.set()
@@ -79,7 +85,7 @@ class IpamdBackend:
     def _allocation(self, a: Assignment) -> Allocation:
         return Allocation(
             key=a.key,
-            driver=ROUTED_ENI_DRIVER,
+            driver=PREFIX_DRIVER if a.family == 6 else ROUTED_ENI_DRIVER,
             addresses=(a.to_address_assignment(),),
             vpc_cidrs=self.vpc_cidrs,
             use_external_snat=self.use_external_snat,

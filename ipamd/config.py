@@ -50,6 +50,8 @@ EC2_MAX_ATTEMPTS_VAR = "VPCCNI_EC2_MAX_ATTEMPTS"
 EC2_RETRY_MODES = ("standard", "adaptive")
 DEFAULT_EC2_RETRY_MODE = "standard"
 DEFAULT_EC2_MAX_ATTEMPTS = 11
+#: Prefix delegation may fall back to secondary IPs in a fragmented subnet (our addition).
+PD_FALLBACK_VAR = "VPCCNI_PD_FALLBACK_TO_SECONDARY_IPS"
 
 
 class ConfigError(ValueError):
@@ -201,6 +203,9 @@ class IpamdConfig:
     ip_cooldown_period: float = 30.0
     # -- modes ---------------------------------------------------------------------------
     enable_prefix_delegation: bool = False
+    #: VPCCNI_PD_FALLBACK_TO_SECONDARY_IPS: when EC2 has no aligned /28 left in the subnet
+    #: (InsufficientCidrBlocks), take secondary IPs instead (our addition; upstream waits).
+    pd_fallback_to_secondary_ips: bool = False
     enable_ipv4: bool = True
     enable_ipv6: bool = False
     custom_network_cfg: bool = False
@@ -288,6 +293,7 @@ class IpamdConfig:
             max_eni=_max_eni(r.integer("MAX_ENI", -1)),
             ip_cooldown_period=float(r.integer("IP_COOLDOWN_PERIOD", 30, minimum=0)),
             enable_prefix_delegation=pd,
+            pd_fallback_to_secondary_ips=r.boolean(PD_FALLBACK_VAR, False),
             enable_ipv4=ipv4,
             enable_ipv6=ipv6,
             custom_network_cfg=custom,
@@ -412,6 +418,13 @@ def _cross_checks(r: _Reader, c: IpamdConfig) -> None:
             "ENABLE_PREFIX_DELEGATION=true with WARM_IP_TARGET, WARM_PREFIX_TARGET and "
             "MINIMUM_IP_TARGET all 0 or unset: expected at least one of them > 0 "
             "(the upstream manifest sets WARM_PREFIX_TARGET=1)"
+        )
+    if c.pd_fallback_to_secondary_ips and not c.enable_prefix_delegation:
+        r.warnings.append(f"{PD_FALLBACK_VAR}=true has no effect without ENABLE_PREFIX_DELEGATION")
+    if c.pd_fallback_to_secondary_ips and c.enable_ipv6:
+        r.warnings.append(
+            f"{PD_FALLBACK_VAR}=true has no effect in IPv6 mode (the /80 comes from the VPC's "
+            "IPv6 block, never fragmented by IPv4 addresses)"
         )
     if c.plugin_log_file.lower() == "stdout":
         r.bad(

@@ -205,6 +205,9 @@ class PoolHints:
     subnet_exhausted: bool = False
     ec2_throttled: bool = False
     max_pods: int | None = None
+    #: Prefix delegation: EC2 said InsufficientCidrBlocks (no aligned /28 free in the
+    #: subnet) and falling back to secondary IPs is not allowed.
+    no_cidr_blocks: bool = False
 
 
 # -- internal model -------------------------------------------------------------------------
@@ -266,7 +269,9 @@ def _round_up(n: int, unit: int) -> int:
 
 class DataStore:
     """The addresses of one network card.  ``family`` is the pod address family (4 or 6);
-    ``prefix_delegation`` selects /28 prefixes over /32 secondary IPs for IPv4."""
+    ``prefix_delegation`` selects /28 prefixes over /32 secondary IPs for IPv4;
+    ``secondary_fallback`` (prefix delegation only) lets pods take /32 secondary IPs too,
+    after the prefixes (VPCCNI_PD_FALLBACK_TO_SECONDARY_IPS: the subnet had no /28 left)."""
 
     def __init__(
         self,
@@ -275,6 +280,7 @@ class DataStore:
         network_card: int = 0,
         family: int = 4,
         prefix_delegation: bool = False,
+        secondary_fallback: bool = False,
         cooldown_period: float = 30.0,
         clock: Clock = time.time,
     ) -> None:
@@ -283,6 +289,7 @@ class DataStore:
         self.network_card = network_card
         self.family = family
         self.prefix_delegation = prefix_delegation or family == 6
+        self.secondary_fallback = secondary_fallback and family == 4 and prefix_delegation
         self.cooldown_period = cooldown_period
         self._checkpointer = checkpointer
         self._clock = clock
@@ -437,10 +444,13 @@ class DataStore:
         return sorted(self._enis.values(), key=lambda e: (e.device_number, e.id))
 
     def _usable(self, cidr: _Cidr) -> bool:
-        """CIDRs of the active mode: after a PD switch the other kind stays until freed."""
+        """CIDRs of the active mode: after a PD switch the other kind stays until freed
+        (upstream 4.2), except the /32s of the PD fallback to secondary IPs."""
         if cidr.network.version != self.family:
             return False
-        return self.family == 6 or cidr.is_prefix == self.prefix_delegation
+        if self.family == 6 or cidr.is_prefix == self.prefix_delegation:
+            return True
+        return self.secondary_fallback and not cidr.is_prefix
 
     # -- ENIs ----------------------------------------------------------------------------------
     def add_eni(
@@ -578,6 +588,18 @@ class DataStore:
                         out.append((eni.id, str(c.network)))
             return out
 
+    def unused_cidrs(self, *, prefixes: bool) -> list[tuple[str, str]]:
+        """(ENI id, CIDR) of the IPv4 prefixes (``prefixes=True``) or /32 secondary IPs with
+        no pod on them, cooling or not: the other mode's leftovers after a prefix-delegation
+        switch, which upstream frees lazily (4.1 step 9, DelNetwork).  Highest first."""
+        with self._lock:
+            out = []
+            for eni in reversed(self._sorted_enis()):
+                for c in sorted(eni.cidrs.values(), key=lambda c: c.network, reverse=True):
+                    if c.network.version == 4 and c.is_prefix == prefixes and not c.assigned():
+                        out.append((eni.id, str(c.network)))
+            return out
+
     def _idle(self, cidr: _Cidr, now_ns: int) -> bool:
         return all(a.key is None and not self._cooling(a, now_ns) for a in cidr.addresses.values())
 
@@ -603,15 +625,21 @@ class DataStore:
 
     def _pick(self, key: AttachmentKey, meta: PodMeta) -> tuple[Assignment, _Ticket]:
         now = self._now_ns()
-        for eni in self._sorted_enis():
-            if eni.is_excluded:
-                continue
-            for cidr in sorted(eni.cidrs.values(), key=lambda c: c.network):
-                if not self._usable(cidr):
+        # Prefixes before fallback /32s: a /32 nobody holds can go back to EC2 once the
+        # subnet has /28s again, and the fewer pods sit on /32s the sooner that happens.
+        passes = (True, False) if self.secondary_fallback else (None,)
+        for want_prefix in passes:
+            for eni in self._sorted_enis():
+                if eni.is_excluded:
                     continue
-                address = self._free_address(cidr, now)
-                if address is not None:
-                    return self._take(eni, cidr, address, key, meta, now)
+                for cidr in sorted(eni.cidrs.values(), key=lambda c: c.network):
+                    if not self._usable(cidr):
+                        continue
+                    if want_prefix is not None and cidr.is_prefix != want_prefix:
+                        continue
+                    address = self._free_address(cidr, now)
+                    if address is not None:
+                        return self._take(eni, cidr, address, key, meta, now)
         raise self._no_address_error(now)
 
     def _free_address(self, cidr: _Cidr, now_ns: int) -> str | None:
@@ -743,6 +771,15 @@ class DataStore:
                 f"no free address yet: an ENI is being attached; {where}",
                 "the runtime retries the pod; raise WARM_IP_TARGET or WARM_ENI_TARGET to keep "
                 "addresses ready for bursts",
+            )
+        if h.no_cidr_blocks:
+            return IpamError(
+                FailureReason.SUBNET_EXHAUSTED,
+                "no free address: prefix delegation needs a free aligned /28 and the subnet has "
+                "none left (EC2 InsufficientCidrBlocks: the subnet is fragmented); " + where,
+                "set VPCCNI_PD_FALLBACK_TO_SECONDARY_IPS=true to fall back to secondary IPs, "
+                "or free contiguous space in the subnet (a /28 prefix CIDR reservation helps), "
+                "or use a larger subnet, or set ENABLE_PREFIX_DELEGATION=false",
             )
         if h.subnet_exhausted:
             return IpamError(

@@ -1,10 +1,25 @@
-"""Node initialisation and the warm-pool manager (reference 4.1, 4.4, 4.6), IPv4 secondary IPs.
+"""Node initialisation and the warm-pool manager (reference 4.1, 4.4, 4.6, 5).
 
 :meth:`PoolManager.init` is upstream's ``nodeInit``: identity from instance metadata, limits
 from DescribeInstanceTypes, the attached ENIs from metadata plus one DescribeNetworkInterfaces
 (tags, trunk/EFA, the no-manage rules), missing tags added, host networking of each secondary
 ENI, the datastore filled (secondary IPs as /32s; an ENI's primary address is never a pod's)
 and the checkpoint restored.
+
+Addresses come from an :class:`~vpccni.ipamd.address_source.AddressSource` loaded by name
+from the ``vpccni.address_sources`` entry points: ``secondary_ip`` (default),
+``ipv4_prefix`` (ENABLE_PREFIX_DELEGATION: /28s, Nitro types only) or ``ipv6_prefix``
+(ENABLE_IPv6: one /80 on the primary ENI, no warm pool, no reconcile, as upstream).  In IPv4
+both kinds are understood whatever the mode, because after a mode switch an ENI holds /32s
+and /28s: only the active kind serves pods, and the other is given back to EC2 as soon as
+no pod uses it (upstream's lazy clean-up, 4.1 step 9 and DelNetwork; here at start and
+every pool cycle).
+
+Prefix delegation in a fragmented subnet: EC2 answers InsufficientCidrBlocks when no aligned
+/28 is free.  With VPCCNI_PD_FALLBACK_TO_SECONDARY_IPS=true the pool then takes secondary
+IPs on the same ENI slots (pods use them after the prefixes) and stops asking for /28s for
+the subnet back-off (120 s); the unused /32s go back to EC2 once a /28 was obtained again.
+Without it, pods are refused with reason ``subnet_exhausted`` and a remedy naming the variable.
 
 :meth:`PoolManager.run` is the pool manager loop: every ``pool_interval`` (or at once when an
 allocation found the pool empty) grow the pool when it is too low, shrink it when it is too
@@ -26,9 +41,17 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from vpccni.ipamd import host_net
+from vpccni.ipamd.address_source import IPV4_PREFIX
+from vpccni.ipamd.address_source import SECONDARY_IP
+from vpccni.ipamd.address_source import AddressSource
+from vpccni.ipamd.address_source import AddressSourceError
+from vpccni.ipamd.address_source import load_address_source
+from vpccni.ipamd.address_source import owns
+from vpccni.ipamd.address_source import source_name_for
 from vpccni.ipamd.checkpoint import JsonCheckpointer
 from vpccni.ipamd.checkpoint import checkpoint_path
 from vpccni.ipamd.config import IpamdConfig
+from vpccni.ipamd.datastore import ADDRESSES_PER_V4_PREFIX
 from vpccni.ipamd.datastore import DataStore
 from vpccni.ipamd.datastore import DatastoreError
 from vpccni.ipamd.datastore import DuplicateEniError
@@ -40,6 +63,7 @@ from vpccni.ipamd.ec2 import Ec2Api
 from vpccni.ipamd.ec2 import Ec2Error
 from vpccni.ipamd.ec2 import Ec2ErrorKind
 from vpccni.ipamd.ec2 import EniInfo
+from vpccni.ipamd.ec2 import InstanceTypeLimits
 from vpccni.ipamd.metadata import EniMetadata
 from vpccni.ipamd.metadata import InstanceIdentity
 from vpccni.ipamd.metadata import InstanceMetadata
@@ -65,6 +89,11 @@ LEAK_CLEANUP_INTERVAL = 3600.0
 ATTACH_WAIT_SECONDS = 30.0
 #: A pending ENI that never appears is forgotten after this (reconcile adopts it if it does).
 PENDING_GIVE_UP_SECONDS = 600.0
+#: EC2's answer when the subnet has free addresses but no free aligned /28.
+INSUFFICIENT_CIDR_BLOCKS = "InsufficientCidrBlocks"
+#: What the kubelet's max-pods would be without an API server in prefix mode: the upstream
+#: calculator's ceiling for nodes with at most 30 vCPUs (250 above).
+PD_DEFAULT_MAX_PODS = 110
 
 
 class InitError(Exception):
@@ -78,8 +107,33 @@ class _Pending:
     since: float
 
 
+def pd_max_pods(it: InstanceTypeLimits, max_eni: int = -1) -> int:
+    """max-pods with prefix delegation as the upstream calculator gives it (capped at 110, or
+    250 above 30 vCPUs): what the kubelet of a prefix-delegation node runs with, and so what
+    the pool may grow to when no API server says otherwise (eni-max-pods.txt has only the
+    secondary-IP numbers, 29 for an m5.large, which would cap a /28 pool at two prefixes)."""
+    try:
+        from vpccni.ipamd import instance_types  # noqa: PLC0415 - reads a data file
+
+        return instance_types.calculate_max_pods(
+            instance_types.bundled(it.instance_type),
+            cni_version="1.19.0",
+            prefix_delegation=True,
+            max_eni=max_eni if max_eni >= 1 else None,
+        ).value
+    except (ImportError, KeyError, OSError, ValueError) as exc:
+        log.debug("prefix-mode max pods from EC2 limits (%s)", exc)
+    cards = {c.index: c.max_enis for c in it.network_cards}
+    enis = cards.get(it.default_network_card, it.max_enis)
+    if max_eni >= 1:
+        enis = min(enis, max_eni)
+    allowed = enis * (it.ipv4_per_eni - 1) * ADDRESSES_PER_V4_PREFIX + 2
+    return min(PD_DEFAULT_MAX_PODS, allowed)
+
+
 class PoolManager:
-    """The node's ENIs and warm pool for network card 0 (IPv4, secondary-IP mode)."""
+    """The node's ENIs and warm pool for network card 0 (IPv4 secondary IPs or /28
+    prefixes; IPv6 /80)."""
 
     def __init__(
         self,
@@ -108,6 +162,14 @@ class PoolManager:
         self._pending: dict[str, _Pending] = {}
         self._reconcile_cooldown: dict[str, float] = {}
         self._backoff_until = 0.0
+        #: Prefix delegation fell back to secondary IPs (InsufficientCidrBlocks): keep the
+        #: /32s and ask for no /28 until _prefix_backoff_until; cleared by the next /28.
+        self._fallback_active = False
+        self._prefix_backoff_until = 0.0
+        self._sources: dict[str, AddressSource] = {}
+        self.source_name = source_name_for(
+            prefix_delegation=config.enable_prefix_delegation, ipv6=config.enable_ipv6
+        )
         self._last_decrease = 0.0
         self._last_reconcile = time.monotonic()
         self._last_leak_cleanup = float("-inf")
@@ -142,14 +204,54 @@ class PoolManager:
             raise RuntimeError("node init has not run")
         return self.primary
 
+    # -- address sources ----------------------------------------------------------------------
+    def _load_source(self, name: str) -> AddressSource:
+        found = self._sources.get(name)
+        if found is None:
+            try:
+                found = self._sources[name] = load_address_source(name)
+            except AddressSourceError as exc:
+                raise InitError(str(exc)) from exc
+        return found
+
+    @property
+    def source(self) -> AddressSource:
+        """The address source the configuration selects (loaded at init)."""
+        return self._load_source(self.source_name)
+
+    @property
+    def ipv6(self) -> bool:
+        return self.config.enable_ipv6
+
+    @property
+    def prefix_mode(self) -> bool:
+        """IPv4 prefix delegation (IPv6 mode has its own, warm-pool-free, path)."""
+        return self.config.enable_prefix_delegation and not self.config.enable_ipv6
+
+    def _v4_sources(self) -> tuple[AddressSource, AddressSource]:
+        """Both IPv4 kinds: an ENI may hold /32s and /28s after a mode switch."""
+        return self._load_source(SECONDARY_IP), self._load_source(IPV4_PREFIX)
+
+    def _v4_cidrs_of_meta(self, meta: EniMetadata) -> list[str]:
+        return [c for src in self._v4_sources() for c in src.from_metadata(meta)]
+
+    def _v4_cidrs_of_info(self, info: EniInfo) -> list[str]:
+        return [c for src in self._v4_sources() for c in src.from_ec2(info)]
+
+    def _slots_per_eni(self) -> int:
+        """IPv4 slots of one ENI: each secondary IP and each /28 takes one (EC2's limit)."""
+        return max(self.limits.ipv4_per_eni - 1, 0)
+
+    @staticmethod
+    def _v4_slots_used(eni: EniView) -> int:
+        return sum(1 for c in eni.cidrs if "." in c.cidr)
+
     # -- node init (upstream nodeInit) ------------------------------------------------------
     def init(self) -> None:
         cfg = self.config
         unsupported = [
             name
             for name, on in (
-                ("ENABLE_PREFIX_DELEGATION", cfg.enable_prefix_delegation),
-                ("ENABLE_IPv6", cfg.enable_ipv6),
                 ("AWS_VPC_K8S_CNI_CUSTOM_NETWORK_CFG", cfg.custom_network_cfg),
                 ("ENABLE_POD_ENI", cfg.enable_pod_eni),
                 ("ENABLE_MULTI_NIC", cfg.enable_multi_nic),
@@ -160,6 +262,9 @@ class PoolManager:
             # Refuse rather than run the secondary-IP pool under a mode the operator did not
             # ask for: these modes come with their own issues.
             raise InitError(f"not supported by this ipamd yet: {', '.join(unsupported)}=true")
+        source = self.source  # a missing entry point fails here, before anything changes
+        if not self.ipv6:
+            self._v4_sources()
         with self.metrics.action_in_progress("nodeInit"):
             identity = self.identity = self.metadata.identity()
             self.ec2 = ec2 = Ec2Api.from_env(
@@ -178,42 +283,105 @@ class PoolManager:
                 observer=self.metrics.ec2_call,
             )
             it = ec2.describe_instance_type_limits(identity.instance_type)
+            if cfg.enable_prefix_delegation and not (it.is_nitro or it.bare_metal):
+                # Upstream silently falls back to secondary IPs for IPv4 (and fails for
+                # IPv6); a node that quietly runs another mode than configured, with a
+                # max-pods the addresses cannot back, is worse than one that refuses.
+                raise InitError(
+                    f"ENABLE_PREFIX_DELEGATION=true, but instance type {identity.instance_type} "
+                    f"(hypervisor {it.hypervisor or 'unknown'}, not bare metal) does not support "
+                    "prefix delegation: only Nitro and bare-metal types do. Use a Nitro "
+                    "instance type, or set ENABLE_PREFIX_DELEGATION=false"
+                    + (" and ENABLE_IPv6=false (IPv6 needs prefix delegation)" if self.ipv6 else "")
+                )
             card0 = {c.index: c.max_enis for c in it.network_cards}.get(0, it.max_enis)
-            self.limits = init_limits(card0, it.ipv4_per_eni, cfg.max_eni)
+            self.limits = init_limits(
+                card0, it.ipv4_per_eni, cfg.max_eni, prefix_delegation=self.prefix_mode
+            )
             if self.node_info is None:
-                self.node_info = static_node_info(cfg.node_name or identity.instance_id, it)
+                self.node_info = static_node_info(
+                    cfg.node_name or identity.instance_id,
+                    it,
+                    pd_max_pods(it, cfg.max_eni) if cfg.enable_prefix_delegation else None,
+                )
             imds = [e for e in self.metadata.enis() if e.network_card_index == 0]
             primary = next((e for e in imds if e.mac == identity.primary_mac), None)
             if primary is None:
                 raise InitError(f"the primary ENI ({identity.primary_mac}) is not in metadata")
             self.primary = primary
             self.vpc_cidrs = primary.vpc_ipv4_cidrs
-            host_net.setup_host_network(identity.primary_mac, cfg.eni_mtu)
+            host_net.setup_host_network(identity.primary_mac, cfg.eni_mtu, ipv6=self.ipv6)
+            if self.ipv6:
+                # Upstream manages only the primary ENI on card 0 in IPv6 mode.
+                imds = [primary]
             infos = self._describe([e.interface_id for e in imds])
             self.vpc_id = (
                 infos[primary.interface_id].vpc_id if primary.interface_id in infos else ""
             )
+            if self.ipv6:
+                self.vpc_cidrs = self._vpc_ipv6_cidrs(primary)
             self.datastore = DataStore(
                 JsonCheckpointer(checkpoint_path(cfg.backing_store, 0)),
+                family=6 if self.ipv6 else 4,
+                prefix_delegation=cfg.enable_prefix_delegation,
+                secondary_fallback=cfg.pd_fallback_to_secondary_ips,
                 cooldown_period=cfg.ip_cooldown_period,
             )
             for meta in imds:
                 self._adopt(meta, infos.get(meta.interface_id))
             self._restore()
+            if not self.ipv6 and not cfg.disable_network_resource_provisioning:
+                # Upstream 4.1 step 9: the other mode's unused CIDRs go back to EC2 now.
+                try:
+                    self.free_other_mode_cidrs()
+                except Ec2Error as exc:
+                    log.warning("could not free the other mode's unused addresses yet: %s", exc)
             self.ds.update_hints(max_pods=self.node.max_pods())
             self._refresh_limit_hint()
             managed = self.limits.max_enis - len(self._unmanaged)
             self.metrics.set_limits(managed, managed * self.limits.max_ips_per_eni)
             log.info(
-                "node init done: %s %s, %d ENI(s) (max %d, %d addresses each), max pods %d",
+                "node init done: %s %s, source %s, %d ENI(s) (max %d, %d addresses each), "
+                "max pods %d",
                 identity.instance_id,
                 identity.instance_type,
+                source.name,
                 self.ds.eni_count(),
                 self.limits.max_enis,
                 self.limits.max_ips_per_eni,
                 self.node_info.max_pods(),
             )
         self.publish_metrics()
+
+    def _vpc_ipv6_cidrs(self, primary: EniMetadata) -> tuple[str, ...]:
+        """The VPC's IPv6 CIDRs (the reply's ``vpc_cidrs`` in IPv6 mode).  Upstream reads
+        metadata's ``vpc-ipv6-cidr-blocks``; EniMetadata does not carry it (nor does the
+        simulator serve it), so: that key if the metadata client can read it, else EC2's
+        DescribeVpcs, else the primary ENI's subnet blocks."""
+        lister = getattr(self.metadata, "_list", None)
+        if callable(lister):
+            try:
+                found = tuple(lister(f"network/interfaces/macs/{primary.mac}/vpc-ipv6-cidr-blocks"))
+            except Exception as exc:  # noqa: BLE001 - optional key; fall through to EC2
+                log.debug("metadata vpc-ipv6-cidr-blocks: %s", exc)
+                found = ()
+            if found:
+                return found
+        call = getattr(self.ec2, "_call", None)
+        if self.vpc_id and callable(call):
+            try:
+                out = call("describe_vpcs", VpcIds=[self.vpc_id])
+                cidrs = tuple(
+                    str(a["Ipv6CidrBlock"])
+                    for vpc in out.get("Vpcs", [])
+                    for a in vpc.get("Ipv6CidrBlockAssociationSet", [])
+                    if a.get("Ipv6CidrBlockState", {}).get("State", "associated") == "associated"
+                )
+                if cidrs:
+                    return cidrs
+            except Ec2Error as exc:
+                log.warning("DescribeVpcs for the VPC IPv6 CIDRs failed: %s", exc)
+        return tuple(primary.subnet_ipv6_cidrs)
 
     def _describe(self, eni_ids: list[str]) -> dict[str, EniInfo]:
         if self.config.enable_imds_only_mode or self.ec2 is None:
@@ -276,19 +444,26 @@ class PoolManager:
             pass
         self._enis[eni_id] = meta
         self._pending.pop(eni_id, None)
-        for ip in meta.local_ipv4s[1:]:
-            self._add_ip(eni_id, ip)
+        if self.ipv6:
+            cidrs = list(self.source.from_metadata(meta))[:1]  # upstream: the first /80 only
+            if not cidrs and is_primary and not self.config.disable_network_resource_provisioning:
+                cidrs = list(self.source.assign(self.api, eni_id, 1))
+                log.info("assigned IPv6 prefix %s to %s", ", ".join(cidrs), eni_id)
+        else:
+            cidrs = self._v4_cidrs_of_meta(meta)
+        for cidr in cidrs:
+            self._add_cidr(eni_id, cidr)
         log.info(
-            "ENI %s (device %d) in the pool with %d secondary address(es)",
+            "ENI %s (device %d) in the pool with %s",
             eni_id,
             meta.device_number,
-            len(meta.local_ipv4s) - 1,
+            ", ".join(cidrs) or "no addresses",
         )
         return True
 
-    def _add_ip(self, eni_id: str, ip: str) -> None:
+    def _add_cidr(self, eni_id: str, cidr: str) -> None:
         try:
-            self.ds.add_cidr(eni_id, f"{ip}/32", is_prefix=False)
+            self.ds.add_cidr(eni_id, cidr)
         except IpAlreadyInStoreError:
             pass
 
@@ -339,8 +514,13 @@ class PoolManager:
         if now - self._last_leak_cleanup >= LEAK_CLEANUP_INTERVAL:
             self._last_leak_cleanup = now
             self._guard("cleanUpLeakedENIs", self.cleanup_leaked_enis)
+        if self.ipv6:
+            # Upstream: no warm pool and no reconcile in IPv6 mode (one /80 serves the node).
+            self.publish_metrics()
+            return
         if not self.config.disable_network_resource_provisioning:
             self._guard("updateIPPoolIfRequired", self.update_pool)
+            self._guard("freeOtherModeCidrs", self.free_other_mode_cidrs)
         if time.monotonic() - self._last_reconcile >= self.config.reconcile_interval:
             self._guard("nodeIPPoolReconcile", self.reconcile)
         self.publish_metrics()
@@ -358,7 +538,10 @@ class PoolManager:
         self.metrics.error(fn)
         if exc.kind is Ec2ErrorKind.SUBNET_EXHAUSTED:
             self._backoff_until = time.monotonic() + self.config.subnet_exhausted_backoff
-            self.ds.update_hints(subnet_exhausted=True)
+            self.ds.update_hints(
+                subnet_exhausted=True,
+                no_cidr_blocks=self.prefix_mode and exc.code == INSUFFICIENT_CIDR_BLOCKS,
+            )
             log.warning(
                 "%s: the subnet is exhausted (%s); no new ENIs or addresses for %gs",
                 fn,
@@ -397,10 +580,9 @@ class PoolManager:
         room = has_room_for_eni(
             ds.eni_count() + len(self._pending), self.limits, unmanaged_enis=len(self._unmanaged)
         )
+        slots = self._slots_per_eni()
         full = all(
-            sum(1 for c in e.cidrs if not c.is_prefix) >= self.limits.max_ips_per_eni
-            for e in ds.enis()
-            if not (e.is_trunk or e.is_excluded)
+            self._v4_slots_used(e) >= slots for e in ds.enis() if not (e.is_trunk or e.is_excluded)
         )
         ds.update_hints(at_eni_limit=not room and full)
 
@@ -420,7 +602,7 @@ class PoolManager:
         if time.monotonic() < self._backoff_until:
             ds.update_hints(subnet_exhausted=True)
             return
-        ds.update_hints(subnet_exhausted=False)
+        ds.update_hints(subnet_exhausted=False, no_cidr_blocks=False)
         if self._pending:
             return  # an ENI is on its way; wait for it rather than create another
         if self._add_ips_to_existing():
@@ -435,7 +617,7 @@ class PoolManager:
         ds.update_hints(ec2_throttled=False)
 
     def _add_ips_to_existing(self) -> bool:
-        ds, ec2 = self.ds, self.api
+        ds = self.ds
         stats = ds.stats()
         for eni in ds.enis():
             if (
@@ -444,42 +626,120 @@ class PoolManager:
                 or (self.config.custom_network_cfg and eni.is_primary)
             ):
                 continue
-            current = sum(1 for c in eni.cidrs if not c.is_prefix)
+            current = self._v4_slots_used(eni)
             wanted = cidrs_to_add_to_eni(self.targets, stats, self.limits, current)
             if wanted <= 0:
                 continue
-            try:
-                ips = ec2.assign_private_ips(eni.id, wanted)
-            except Ec2Error as exc:
-                if exc.kind is Ec2ErrorKind.IP_LIMIT:
-                    # The datastore is behind EC2: re-read this ENI's addresses.
-                    self._resync_eni(eni.id)
-                    continue
-                if wanted == 1 or exc.kind in (Ec2ErrorKind.THROTTLED, Ec2ErrorKind.UNREACHABLE):
-                    raise
-                # Upstream: ask again for a single address (the subnet may have a few left).
-                ips = ec2.assign_private_ips(eni.id, 1)
-            for ip in ips:
-                self._add_ip(eni.id, ip)
-            log.info("added %d address(es) to %s", len(ips), eni.id)
-            return bool(ips)
+            cidrs = self._request_cidrs(eni.id, wanted, self._slots_per_eni() - current)
+            if cidrs is None:
+                continue
+            for cidr in cidrs:
+                self._add_cidr(eni.id, cidr)
+            log.info("added %s to %s", ", ".join(cidrs), eni.id)
+            return bool(cidrs)
         return False
 
+    def _request_cidrs(self, eni_id: str, wanted: int, free_slots: int) -> tuple[str, ...] | None:
+        """Ask EC2 for ``wanted`` CIDRs of the active source on ``eni_id`` (upstream step 3:
+        on failure once more for 1); None when the datastore was behind EC2 (resynced).
+        Prefix mode with no /28 left: the secondary-IP fallback, when allowed."""
+        ec2, source = self.api, self.source
+        if self.prefix_mode and self._fallback_active:
+            if time.monotonic() < self._prefix_backoff_until:
+                return self._fallback_ips(eni_id, wanted, free_slots)
+            log.info("prefix back-off over: asking EC2 for /28 prefixes again")
+        try:
+            try:
+                got = source.assign(ec2, eni_id, wanted)
+            except Ec2Error as exc:
+                if exc.kind is Ec2ErrorKind.IP_LIMIT:
+                    raise
+                if wanted == 1 or exc.kind in (Ec2ErrorKind.THROTTLED, Ec2ErrorKind.UNREACHABLE):
+                    raise
+                # Upstream: ask again for one (the subnet may have a few left).
+                got = source.assign(ec2, eni_id, 1)
+        except Ec2Error as exc:
+            if exc.kind is Ec2ErrorKind.IP_LIMIT:
+                # The datastore is behind EC2: re-read this ENI's addresses.
+                self._resync_eni(eni_id)
+                return None
+            if self.prefix_mode and exc.code == INSUFFICIENT_CIDR_BLOCKS:
+                return self._no_cidr_blocks(exc, eni_id, wanted, free_slots)
+            raise
+        if self.prefix_mode and self._fallback_active and got:
+            log.info("EC2 has /28 prefixes again: leaving the secondary-IP fallback")
+            self._fallback_active = False
+        return got
+
+    def _no_cidr_blocks(
+        self, exc: Ec2Error, eni_id: str, wanted: int, free_slots: int
+    ) -> tuple[str, ...]:
+        """InsufficientCidrBlocks: fall back to secondary IPs if the operator allows it,
+        else raise (the pool backs off; pods hear subnet_exhausted and the variable)."""
+        if not self.config.pd_fallback_to_secondary_ips:
+            raise exc
+        self._fallback_active = True
+        self._prefix_backoff_until = time.monotonic() + self.config.subnet_exhausted_backoff
+        log.warning(
+            "no /28 prefix free in the subnet (%s): falling back to secondary IPs on %s "
+            "(VPCCNI_PD_FALLBACK_TO_SECONDARY_IPS=true); next /28 attempt in %gs",
+            exc.code,
+            eni_id,
+            self.config.subnet_exhausted_backoff,
+        )
+        return self._fallback_ips(eni_id, wanted, free_slots)
+
+    def _fallback_ips(self, eni_id: str, prefixes: int, free_slots: int) -> tuple[str, ...]:
+        """Secondary IPs in place of ``prefixes`` /28s, as many as the ENI's free slots
+        allow (each /32 takes a slot a /28 would have taken)."""
+        count = min(free_slots, prefixes * ADDRESSES_PER_V4_PREFIX)
+        if count <= 0:
+            return ()
+        secondary = self._load_source(SECONDARY_IP)
+        try:
+            return secondary.assign(self.api, eni_id, count)
+        except Ec2Error as exc:
+            if count == 1 or exc.kind in (Ec2ErrorKind.THROTTLED, Ec2ErrorKind.UNREACHABLE):
+                raise
+            return secondary.assign(self.api, eni_id, 1)
+
     def _allocate_eni(self) -> None:
-        ds, ec2, primary = self.ds, self.api, self.primary_eni
+        ds, primary = self.ds, self.primary_eni
         count = resources_to_allocate(self.targets, ds.stats(), self.limits)
         ds.update_hints(eni_attaching=True)
         try:
-            info = ec2.allocate_eni(
-                primary.subnet_id, primary.security_group_ids, secondary_ip_count=count
-            )
+            info = self._create_eni(primary, count)
             log.info(
-                "allocated %s with %d address(es); waiting for it to attach", info.eni_id, count
+                "allocated %s with %d %s; waiting for it to attach",
+                info.eni_id,
+                count,
+                "prefix(es)" if self.prefix_mode else "address(es)",
             )
             self._pending[info.eni_id] = _Pending(info.eni_id, info.mac, time.monotonic())
             self._wait_attached(info.eni_id)
         finally:
             ds.update_hints(eni_attaching=bool(self._pending))
+
+    def _create_eni(self, primary: EniMetadata, count: int) -> EniInfo:
+        ec2, subnet, groups = self.api, primary.subnet_id, primary.security_group_ids
+        fallback = self.prefix_mode and self._fallback_active
+        if fallback and time.monotonic() >= self._prefix_backoff_until:
+            fallback = False
+        if not fallback:
+            try:
+                return ec2.allocate_eni(subnet, groups, **self.source.create_eni_args(count))
+            except Ec2Error as exc:
+                if not (self.prefix_mode and exc.code == INSUFFICIENT_CIDR_BLOCKS):
+                    raise
+                if not self.config.pd_fallback_to_secondary_ips:
+                    raise
+                self._fallback_active = True
+                self._prefix_backoff_until = time.monotonic() + self.config.subnet_exhausted_backoff
+                log.warning("no /28 free for a new ENI (%s): secondary IPs instead", exc.code)
+        ips = min(self._slots_per_eni(), count * ADDRESSES_PER_V4_PREFIX)
+        return ec2.allocate_eni(
+            subnet, groups, **self._load_source(SECONDARY_IP).create_eni_args(ips)
+        )
 
     def _wait_attached(self, eni_id: str) -> None:
         """Poll metadata until the ENI appears (attachments can stay 'attaching' a while),
@@ -501,8 +761,9 @@ class PoolManager:
         for pending in list(self._pending.values()):
             if pending.mac in macs:
                 meta = self.metadata.eni(pending.mac)
-                # Upstream accepts partial success: the ENI's own address plus at least one.
-                if len(meta.local_ipv4s) > 1:
+                # Upstream accepts partial success: the ENI's own address plus at least one,
+                # or (prefix mode) at least one prefix.
+                if len(meta.local_ipv4s) > 1 or meta.ipv4_prefixes:
                     self._adopt(meta, self._describe([meta.interface_id]).get(meta.interface_id))
             elif time.monotonic() - pending.since > PENDING_GIVE_UP_SECONDS:
                 log.warning("%s never appeared in metadata; no longer waiting", pending.eni_id)
@@ -512,34 +773,60 @@ class PoolManager:
     def _resync_eni(self, eni_id: str) -> None:
         info = self._describe([eni_id]).get(eni_id)
         if info is not None:
-            for ip in info.secondary_ipv4s:
-                self._add_ip(eni_id, ip)
+            for cidr in self._v4_cidrs_of_info(info):
+                self._add_cidr(eni_id, cidr)
 
     # -- shrinking ----------------------------------------------------------------------------
     def decrease(self) -> None:
-        """Give free /32s above the targets back to EC2 (upstream tryUnassignCidrsFromAll)."""
-        ds, ec2 = self.ds, self.api
+        """Give free CIDRs above the targets back to EC2 (upstream tryUnassignCidrsFromAll):
+        /32s, or in prefix mode whole /28s only (a prefix with any pod, or any address still
+        cooling, stays)."""
+        ds = self.ds
         if self.terminating:
             return
         over = cidrs_to_free(self.targets, ds.stats())
+        source = self.source
+        # Fallback /32s are not counted by the prefix targets: the lazy path frees them.
+        candidates = [(e, c) for e, c in ds.freeable_cidrs() if owns(source, c)]
+        self._free_cidrs(source, candidates[: max(over, 0)])
+        self._last_decrease = time.monotonic()
+
+    def _free_cidrs(self, source: AddressSource, cidrs: list[tuple[str, str]]) -> int:
+        """Remove (ENI, CIDR) pairs from the datastore (skipping any a pod took meanwhile)
+        and give them back to EC2 through ``source``; returns how many went."""
+        ds = self.ds
         freed: dict[str, list[str]] = {}
-        for eni_id, cidr in ds.freeable_cidrs():
-            if over <= 0:
-                break
+        for eni_id, cidr in cidrs:
             try:
                 ds.remove_cidr(eni_id, cidr)
             except DatastoreError:
-                continue  # taken by a pod since freeable_cidrs() looked
-            freed.setdefault(eni_id, []).append(cidr.split("/")[0])
-            over -= 1
+                continue  # taken by a pod since the caller looked
+            freed.setdefault(eni_id, []).append(cidr)
         now = time.monotonic()
-        for eni_id, ips in freed.items():
-            for ip in ips:
+        for eni_id, gone in freed.items():
+            for cidr in gone:
                 # Metadata may still list it for a while: reconcile must not re-add it.
-                self._reconcile_cooldown[ip] = now
-            ec2.unassign_private_ips(eni_id, ips)
-            log.info("returned %d address(es) of %s to EC2", len(ips), eni_id)
-        self._last_decrease = now
+                self._reconcile_cooldown[cidr] = now
+            source.unassign(self.api, eni_id, gone)
+            log.info("returned %s of %s to EC2", ", ".join(gone), eni_id)
+        return sum(len(v) for v in freed.values())
+
+    def free_other_mode_cidrs(self) -> int:
+        """Upstream's lazy clean-up after a mode switch (4.1 step 9 and DelNetwork): in
+        prefix mode the unused /32s go back to EC2 (unless the secondary-IP fallback is
+        active), otherwise the unused /28s.  Returns how many CIDRs were freed."""
+        if self.ipv6 or self.terminating:
+            return 0
+        secondary, prefix = self._v4_sources()
+        if self.prefix_mode:
+            if self._fallback_active:
+                return 0
+            leftovers, source = self.ds.unused_cidrs(prefixes=False), secondary
+        else:
+            leftovers, source = self.ds.unused_cidrs(prefixes=True), prefix
+        if not leftovers:
+            return 0
+        return self._free_cidrs(source, leftovers)
 
     def try_free_eni(self) -> None:
         """Detach and delete one ENI the datastore says may go (upstream tryFreeENI)."""
@@ -596,29 +883,31 @@ class PoolManager:
                     self._teardown(gone)
             horizon = time.monotonic() - self.config.reconcile_cooldown
             self._reconcile_cooldown = {
-                ip: t for ip, t in self._reconcile_cooldown.items() if t > horizon
+                cidr: t for cidr, t in self._reconcile_cooldown.items() if t > horizon
             }
             self.metrics.reconciled("nodeIPPoolReconcile")
 
     def _reconcile_ips(self, meta: EniMetadata, view: EniView) -> None:
+        """Secondary /32s and /28 prefixes of one ENI against metadata (and EC2 on a
+        mismatch); both kinds, whatever the mode (a mode switch leaves both)."""
         ds = self.ds
         eni_id = view.id
-        seen = set(meta.local_ipv4s[1:])
-        held = {c.cidr.split("/")[0] for c in view.cidrs if not c.is_prefix and "." in c.cidr}
+        seen = set(self._v4_cidrs_of_meta(meta))
+        held = {c.cidr for c in view.cidrs if "." in c.cidr}
         if seen == held:
             return
         # Metadata lags EC2 on AWS: settle a mismatch with EC2's answer, as upstream does.
         info = self._describe([eni_id]).get(eni_id)
-        truth = set(info.secondary_ipv4s) if info is not None else seen
+        truth = set(self._v4_cidrs_of_info(info)) if info is not None else seen
         horizon = time.monotonic() - self.config.reconcile_cooldown
-        for ip in sorted(truth - held):
-            if self._reconcile_cooldown.get(ip, float("-inf")) > horizon:
+        for cidr in sorted(truth - held):
+            if self._reconcile_cooldown.get(cidr, float("-inf")) > horizon:
                 continue  # freed by us moments ago; EC2 or metadata has not caught up yet
-            self._add_ip(eni_id, ip)
+            self._add_cidr(eni_id, cidr)
             self.metrics.reconciled("addIP")
-        for ip in sorted(held - truth):
-            lost = ds.remove_cidr(eni_id, f"{ip}/32", force=True)
-            log.warning("%s: %s is no longer attached (%d pod(s) lost it)", eni_id, ip, len(lost))
+        for cidr in sorted(held - truth):
+            lost = ds.remove_cidr(eni_id, cidr, force=True)
+            log.warning("%s: %s is no longer attached (%d pod(s) lost it)", eni_id, cidr, len(lost))
             self.metrics.force_removed_ips()
 
     # -- leaks ----------------------------------------------------------------------------------

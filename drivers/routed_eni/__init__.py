@@ -115,8 +115,10 @@ class RoutedEniDriver:
         ctx.undo.push("delete veth", podnet.as_undo(podnet.delete_link, host, host_name))
         done("veth")
         pair = podnet.bring_up(host, pod, pair, mtu)
+        self.prepare_pod(ctx, pair, addr)
         done("links up")
         podnet.add_pod_address(pod, pair, addr)
+        self.address_added(ctx, pair, addr)
         done("pod address")
         podnet.add_pod_routes(pod, pair, addr)
         done("pod routes")
@@ -161,6 +163,18 @@ class RoutedEniDriver:
             ),
             ips=(IPConfig(address=addr.cidr, interface=1),),
         )
+
+    # Hooks for drivers that reuse this plumbing (the prefix driver's IPv6 pieces); both are
+    # inside ADD's undo scope (the veth's deletion undoes whatever they did in the pod).
+    def prepare_pod(
+        self, ctx: DriverContext, pair: podnet.VethPair, addr: podnet.PodAddress
+    ) -> None:
+        """After both veth ends are up, before the pod's address is added."""
+
+    def address_added(
+        self, ctx: DriverContext, pair: podnet.VethPair, addr: podnet.PodAddress
+    ) -> None:
+        """Right after the pod's address is added."""
 
     def delete(
         self, ctx: DriverContext, allocation: Allocation | None, prev: Result | None
