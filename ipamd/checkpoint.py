@@ -239,10 +239,7 @@ class JsonCheckpointer:
             raise CheckpointError(f"{self.path}: cannot write checkpoint: {exc}") from exc
 
     def load(self) -> CheckpointState | None:
-        """The saved state (None on a fresh node).  Also removes temp files a killed daemon
-        left between mkstemp and rename: the rename is the commit point, so they never hold
-        committed state, and only one daemon owns a checkpoint path."""
-        self._remove_stale_temp_files()
+        """The saved state (None on a fresh node)."""
         try:
             with open(self.path, encoding="utf-8") as f:
                 text = f.read()
@@ -256,7 +253,11 @@ class JsonCheckpointer:
             raise CheckpointError(f"{self.path}: not valid JSON: {exc}") from None
         return decode(doc, self.path)
 
-    def _remove_stale_temp_files(self) -> None:
+    def remove_stale_temp_files(self) -> None:
+        """Delete temp files a killed daemon left between mkstemp and rename.  The rename is
+        the commit point, so they never hold committed state.  Call it at start, before any
+        write: only one daemon owns a checkpoint path, and a concurrent save's temp file
+        would be deleted under it."""
         directory = os.path.dirname(self.path) or "."
         prefix = os.path.basename(self.path) + ".tmp"
         try:

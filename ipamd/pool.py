@@ -469,7 +469,9 @@ class PoolManager:
 
     def _restore(self) -> None:
         path = checkpoint_path(self.config.backing_store, 0)
-        state = JsonCheckpointer(path).load()
+        checkpointer = JsonCheckpointer(path)
+        checkpointer.remove_stale_temp_files()  # before any write of this daemon
+        state = checkpointer.load()
         if state is None:
             log.info("no checkpoint at %s: a fresh node", path)
             return

@@ -162,7 +162,7 @@ def test_driver_that_cannot_load_releases_the_address(tmp_path: Path, netns: str
 # --------------------------------------------------------------------------- drivers
 
 
-@pytest.mark.parametrize("name", ["branch_eni", "prefix", "multihome"])
+@pytest.mark.parametrize("name", ["branch_eni", "multihome"])
 def test_unbuilt_driver_refuses_add_and_allows_del(tmp_path: Path, netns: str, name: str) -> None:
     conf = fake_conf(tmp_path, driver=name)
     call = _add(conf, netns)
@@ -172,7 +172,7 @@ def test_unbuilt_driver_refuses_add_and_allows_del(tmp_path: Path, netns: str, n
     assert run_inproc(cni_env("DEL", netns=netns), conf).ok
 
 
-@pytest.mark.parametrize("name", ["branch_eni", "prefix", "multihome"])
+@pytest.mark.parametrize("name", ["branch_eni", "multihome"])
 def test_unbuilt_driver_as_conflist_type(tmp_path: Path, netns: str, name: str) -> None:
     conf = fake_conf(tmp_path, type=name)
     call = _add(conf, netns)

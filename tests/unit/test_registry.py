@@ -30,7 +30,7 @@ def test_in_tree_driver_loads_by_name() -> None:
     assert isinstance(driver, AttachmentDriver)
 
 
-@pytest.mark.parametrize("name", ["branch_eni", "prefix", "multihome"])
+@pytest.mark.parametrize("name", ["branch_eni", "multihome"])
 def test_unbuilt_drivers_say_so(name: str) -> None:
     driver = registry.load_driver(name)
     assert driver.info.name == name

@@ -375,7 +375,7 @@ def test_restored_cooldown_explains_a_failure(tmp_path: Path) -> None:
     assert info.value.reason is FailureReason.COOLDOWN
 
 
-def test_load_removes_temp_files_a_killed_daemon_left(tmp_path: Path) -> None:
+def test_start_removes_temp_files_a_killed_daemon_left(tmp_path: Path) -> None:
     path = tmp_path / "ipam.json"
     cp = JsonCheckpointer(str(path))
     cp.save(CheckpointState())
@@ -384,6 +384,7 @@ def test_load_removes_temp_files_a_killed_daemon_left(tmp_path: Path) -> None:
         leftover.write_text('{"version":"vpc-cni-ipam/1","allocations":[]}')
     other = tmp_path / "unrelated.tmp1"
     other.write_text("keep me")
+    cp.remove_stale_temp_files()
     assert cp.load() == CheckpointState()
     assert not any(p.exists() for p in stale)
     assert other.exists()
