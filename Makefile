@@ -29,6 +29,9 @@ $(VENV)/bin/python:
 # A regular (non-editable) install: the tests run against the installed package.
 install: deps $(VENV)/bin/python
 	$(VENV)/bin/pip install -q '.[test]'
+	@# pip builds in the tree; a left-over egg-info next to the tests would shadow the
+	@# installed distribution's entry points for anything run from here.
+	rm -rf build vpccni.egg-info
 	tools/build-cnictl.sh >/dev/null
 
 lint: install
