@@ -930,8 +930,8 @@ class PoolManager:
 
     # -- metrics --------------------------------------------------------------------------------
     def publish_metrics(self) -> None:
-        ds = self.ds
-        if ds is None:
+        ds = self.datastore
+        if ds is None:  # before node init there is nothing to publish
             return
         with self._metrics_lock:
             stats = ds.stats()
