@@ -2,13 +2,15 @@
 
 Start-up order (upstream's aws-k8s-agent): configuration validated from the environment (a
 bad value: every problem on stderr, exit 2, nothing touched: no socket, no EC2 call); logging;
-node init (metadata, EC2, host networking, checkpoint); then the gRPC socket, metrics and
-introspection, and the pool manager loop.  Node init is retried while its failures are
+node init (metadata, EC2, host networking, checkpoint); node SNAT rules (``snat_sync``: synced
+once, then re-synced by a watcher thread as the VPC CIDRs change); then the gRPC socket,
+metrics and introspection, and the pool manager loop.  Node init is retried while its failures are
 transient (EC2 or metadata unreachable, throttled), as the liveness probe would otherwise
 restart us in a loop; a checkpoint that cannot be restored is fatal (exit 1) so the pods'
 addresses are never overwritten.
 
-SIGTERM/SIGINT: stop attaching and detaching ENIs, stop serving, keep the checkpoint.
+SIGTERM/SIGINT: stop attaching and detaching ENIs, stop serving, keep the checkpoint (and the
+SNAT rules: pods keep their egress while the daemon restarts).
 
 The environment contract is docs/ipamd-configuration.md; the ``VPCCNI_*`` variables exist so
 several simulated nodes can run side by side (socket, state directory, intervals).
@@ -45,6 +47,8 @@ from vpccni.ipamd.metrics import Metrics
 from vpccni.ipamd.metrics import serve_metrics
 from vpccni.ipamd.pool import InitError
 from vpccni.ipamd.pool import PoolManager
+from vpccni.ipamd.snat_sync import SnatSync
+from vpccni.ipamd.snat_sync import check_env as check_snat_env
 
 log = logging.getLogger("vpccni.ipamd")
 
@@ -143,6 +147,7 @@ class Daemon:
         )
         self.stopping = threading.Event()
         self._servers: list[HttpServerHandle] = []
+        self.snat: SnatSync | None = None
 
     def request_stop(self, signum: int, _frame: FrameType | None) -> None:
         log.info("received %s: stopping", signal.Signals(signum).name)
@@ -191,6 +196,11 @@ class Daemon:
             return EXIT_INIT
         ds = self.pool.datastore
         assert ds is not None  # noqa: S101 - init succeeded
+        # Before serving: a pod started now already has egress through the node.
+        self.snat = SnatSync(
+            cfg, self.pool.metadata, self.pool.primary_eni, self.metrics, os.environ
+        )
+        self.snat.start()
         release_startup_memory()
         backend = IpamdBackend(ds, self.pool, cfg, self.pool.vpc_cidrs, self.metrics)
         if not cfg.disable_metrics:
@@ -209,6 +219,7 @@ class Daemon:
             pass
         backend.set_ready(False)
         server.stop(SERVER_GRACE_SECONDS).wait()
+        self.snat.stop()
         for handle in self._servers:
             handle.stop()
         # Every datastore change is already in the checkpoint: no reason to wait for an EC2
@@ -238,6 +249,11 @@ def main(argv: list[str] | None = None) -> int:
         config = IpamdConfig.from_env(os.environ)
     except ConfigError as exc:
         print(f"vpccni-ipamd: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    snat_problems = check_snat_env(os.environ)
+    if snat_problems:
+        for problem in snat_problems:
+            print(f"vpccni-ipamd: {problem}", file=sys.stderr)
         return EXIT_CONFIG
     if args.check_config:
         for warning in config.warnings:
