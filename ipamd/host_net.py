@@ -33,8 +33,6 @@ from pyroute2.netlink.exceptions import NetlinkError
 # Reference 3.1, upstream names.
 MAIN_TABLE = 254
 FROM_PRIMARY_IP_OF_ENI_RULE_PRIORITY = 32765
-HOST_RULE_PRIORITY = 1024
-DEFAULT_CONNMARK = 0x80
 MULTI_NIC_TABLE_BASE = 10000
 IPV6_GATEWAY = "fe80:ec2::1"
 LINK_WAIT_ATTEMPTS = 5  # upstream: 5 tries, 3 s apart, for a just-attached ENI's link
@@ -219,36 +217,6 @@ def setup_host_network(
         sysctls[f"net/ipv6/conf/{ifname}/accept_ra"] = "2"
     write_sysctls(sysctls, netns=netns)
     return ifname
-
-
-def set_host_rule(
-    enabled: bool, *, connmark: int = DEFAULT_CONNMARK, ipv6: bool = False, netns: str | None = None
-) -> None:
-    """Rule ``fwmark <connmark>/<connmark> lookup main`` at priority 1024 (reference 3.2 step
-    3): deleted, then re-added when ``enabled`` (node-port support on, or external SNAT off).
-    Only useful with the connmark iptables rules, which the SNAT driver programs."""
-    family = socket.AF_INET6 if ipv6 else socket.AF_INET
-    with _iproute(netns) as ipr:
-        for rule in ipr.get_rules(family=family):
-            if rule.get("FRA_PRIORITY") == HOST_RULE_PRIORITY and rule.get("FRA_FWMARK"):
-                _ignore_gone(
-                    ipr.rule,
-                    "del",
-                    family=family,
-                    priority=HOST_RULE_PRIORITY,
-                    fwmark=rule.get("FRA_FWMARK"),
-                    fwmask=rule.get("FRA_FWMASK"),
-                    table=_rule_table(rule),
-                )
-        if enabled:
-            ipr.rule(
-                "add",
-                family=family,
-                priority=HOST_RULE_PRIORITY,
-                fwmark=connmark,
-                fwmask=connmark,
-                table=MAIN_TABLE,
-            )
 
 
 # -- sysctls -------------------------------------------------------------------------------------

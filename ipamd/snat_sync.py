@@ -27,8 +27,8 @@ What the daemon does, and when (upstream aws-node: ``SetupHostNetwork`` at node 
 - **IPv6 mode**: nothing; node SNAT is IPv4-only (IPv4 egress of IPv6 pods is egress-cni's).
 
 The priority-1024 ``fwmark <mark>/<mark> lookup main`` policy rule is owned by the backend's
-``sync`` (``host_rule=True``); :func:`vpccni.ipamd.host_net.set_host_rule` must not also be
-called, or the two would fight over it.
+``sync`` (``host_rule=True``) alone: nothing else in ipamd writes it, so nothing fights
+over it.
 
 Failures (a firewall command, instance metadata unreachable) are logged and counted in
 ``awscni_ipamd_error_count{fn="snatSync"}``; they never stop the daemon: pods inside the VPC

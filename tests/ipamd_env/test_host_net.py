@@ -191,18 +191,3 @@ def test_host_network_sysctls_land_in_the_namespace_only(netns: str) -> None:
     assert ip("-n", netns, "link", "show", "eth0")[0]["mtu"] == 9001
     with open("/proc/sys/net/ipv4/ip_forward", encoding="ascii") as fh:
         assert fh.read() == root_forward
-
-
-def test_host_rule_is_replaced_and_removed(netns: str) -> None:
-    def host_rules() -> list[tuple[int, str, str | None, str]]:
-        return [
-            (r["priority"], r["fwmark"], r.get("fwmask"), r["table"])
-            for r in ip("-n", netns, "rule")
-            if r.get("priority") == 1024
-        ]
-
-    host_net.set_host_rule(True, netns=netns)
-    host_net.set_host_rule(True, netns=netns)
-    assert host_rules() == [(1024, "0x80", "0x80", "main")]
-    host_net.set_host_rule(False, netns=netns)
-    assert host_rules() == []
