@@ -215,7 +215,8 @@ class Daemon:
         log.info(
             "serving on unix://%s (%.2fs after start)", cfg.socket_path, time.monotonic() - started
         )
-        while not self.stopping.wait(0.5):
+        status = 0 if self._write_conflist() else 1
+        while status == 0 and not self.stopping.wait(0.5):
             pass
         backend.set_ready(False)
         server.stop(SERVER_GRACE_SECONDS).wait()
@@ -232,7 +233,25 @@ class Daemon:
         except FileNotFoundError:
             pass
         log.info("stopped; checkpoint kept at %s", cfg.backing_store)
-        return 0
+        return status
+
+    @staticmethod
+    def _write_conflist() -> bool:
+        """As upstream's aws-node entrypoint: once ipamd serves, render 10-aws.conflist into
+        HOST_CNI_CONFDIR_PATH (when set), which is what makes kubelet mark the node's network
+        ready.  A conflist that cannot be rendered is fatal there too."""
+        conf_dir = os.environ.get("HOST_CNI_CONFDIR_PATH")
+        if not conf_dir:
+            return True
+        from vpccni.conf import render  # noqa: PLC0415 - only when asked to write it
+
+        try:
+            path = render.render_to(conf_dir, os.environ)
+        except (render.RenderError, OSError) as exc:
+            log.error("cannot write the CNI configuration into %s: %s", conf_dir, exc)
+            return False
+        log.info("wrote %s", path)
+        return True
 
 
 def main(argv: list[str] | None = None) -> int:

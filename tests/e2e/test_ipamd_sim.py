@@ -447,3 +447,23 @@ def test_two_nodes_side_by_side(sim_factory: Callable[..., SimHandle], tmp_path:
     finally:
         a.stop()
         b.stop()
+
+
+def test_conflist_appears_once_ipamd_serves(
+    sim_factory: Callable[..., SimHandle], tmp_path: Path
+) -> None:
+    # Upstream's aws-node writes 10-aws.conflist only after ipamd is healthy: that file is what
+    # makes kubelet mark the node's network ready.
+    sim = sim_factory(nodes=1)
+    conf_dir = tmp_path / "net.d"
+    env = {"HOST_CNI_CONFDIR_PATH": str(conf_dir), "AWS_VPC_K8S_CNI_VETHPREFIX": "pod"}
+    with IpamdProcess(sim, "node0", tmp_path, env) as ipamd:
+        ipamd.wait_pool(1, 9)
+        written = conf_dir / "10-aws.conflist"
+        conflist = json.loads(written.read_text())
+        assert [p["type"] for p in conflist["plugins"]] == ["aws-cni", "egress-cni", "portmap"]
+        assert conflist["plugins"][0]["vethPrefix"] == "pod"
+        checked = subprocess.run(
+            [VPCCNI, "conf", "check", str(written)], capture_output=True, text=True, timeout=30
+        )
+        assert checked.returncode == 0, checked.stdout + checked.stderr
