@@ -18,6 +18,7 @@ SUBCOMMANDS: dict[str, str] = {
     "install-cni": "vpccni.cli.install_cmd",
     "introspect": "vpccni.cli.introspect_cmd",
     "max-pods": "vpccni.cli.max_pods_cmd",
+    "plugin-server": "vpccni.cli.plugin_server_cmd",
     "sim": "vpccni.sim.cli",
 }
 

@@ -21,6 +21,7 @@ import ipaddress
 import json
 import os
 import secrets
+import socket
 import subprocess
 import sys
 import time
@@ -164,6 +165,7 @@ class SimNode:
         self.pod_prefix = pod_prefix or "vp" + secrets.token_hex(3)
         self.pods: dict[str, Pod] = {}
         self._echo: dict[str, subprocess.Popen[bytes]] = {}
+        self.plugin_server: subprocess.Popen[bytes] | None = None
 
     @property
     def namespace(self) -> str:
@@ -191,7 +193,47 @@ class SimNode:
                 self.delete_pod(pod)
         for pod in list(self.pods.values()):
             self._drop(pod)
+        self.stop_plugin_server()
         self.ipamd.stop()
+
+    # -- plugin server (optional) ------------------------------------------------------------
+    def start_plugin_server(
+        self, socket_path: Path, log_file: Path | None = None, *, timeout: float = 60.0
+    ) -> subprocess.Popen[bytes]:
+        """``vpccni plugin-server`` inside this node's namespace (where the plugin runs), for
+        launchers written with ``install-cni --server-socket socket_path``; returns once it
+        listens.  :meth:`close` stops it."""
+        vpccni = str(Path(sys.executable).parent / "vpccni")
+        argv = ["ip", "netns", "exec", self.namespace, vpccni, "plugin-server",
+                "--socket", str(socket_path)]  # fmt: skip
+        if log_file is not None:
+            argv += ["--log-file", str(log_file)]
+        self.plugin_server = subprocess.Popen(argv, stdout=subprocess.DEVNULL)
+        deadline = time.monotonic() + timeout
+        while True:
+            if self.plugin_server.poll() is not None:
+                raise RuntimeError(f"plugin server exited with {self.plugin_server.returncode}")
+            probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            try:
+                probe.connect(str(socket_path))
+                return self.plugin_server
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"plugin server not listening on {socket_path}") from None
+                time.sleep(0.05)
+            finally:
+                probe.close()
+
+    def stop_plugin_server(self) -> None:
+        server, self.plugin_server = self.plugin_server, None
+        if server is None or server.poll() is not None:
+            return
+        server.terminate()  # requests in flight finish on their own
+        try:
+            server.wait(10)
+        except subprocess.TimeoutExpired:
+            server.kill()
+            server.wait(10)
 
     # -- pods ----------------------------------------------------------------------------------
     def new_pod(self, name: str) -> Pod:

@@ -1,0 +1,608 @@
+"""The plugin fork-server ("zygote"): a pod's ADD/DEL without paying for imports.
+
+About 80% of an exec'd ADD is Python importing pyroute2, jsonschema, grpc, protobuf,
+stevedore and our runtime.  ``vpccni plugin-server --socket PATH`` imports all of it once
+and forks a child per request; the launcher ``vpccni install-cni`` writes hands its
+invocation (argv, environment, cwd, umask, stdin/stdout/stderr descriptors) to the server
+and waits for the exit status.  Protocol and safety properties: docs/plugin-server.md.
+
+This module has two halves:
+
+* the **client** (:func:`launch`), run by the launcher before anything else.  It is loaded
+  by file path (no ``vpccni`` package import, no site) and must stay cheap: module-level
+  imports are builtins only (``_socket``, ``posix``, ``sys``), nothing that imports ``os``,
+  ``socket`` or ``json``.  It returns None whenever the server has not *committed* to
+  the request, and the launcher then runs the command in-process exactly as without a
+  server; correctness never depends on the server.
+* the **server** (:func:`serve`), whose imports are all inside functions for that reason.
+
+Wire protocol (one unix stream connection per invocation, version 1)::
+
+    launcher -> server  u32 length + payload, with SCM_RIGHTS [stdin, stdout, stderr]
+                        payload: NUL-separated b"vpccni-zygote/1", netns "dev:ino", umask,
+                        cwd, argc, argv..., then every "KEY=VALUE" of the environment
+    child -> launcher   b"ready\\n"  (request checked, cwd/umask/netns fine, nothing run)
+                     or b"refuse <why>\\n"                         -> launcher falls back
+    launcher -> child   b"go\\n"     (the launcher commits; closing instead = fall back)
+    child -> launcher   b"exit <status> <n>\\n" + n bytes of the command's stdout
+
+The two-step ready/go makes the decision "server or in-process" the launcher's alone: a
+child only runs once it has read ``go``, and a launcher that timed out closes the
+connection instead, so a command can never run twice.  The command's stdout travels back
+over the socket and the launcher writes it, so the launcher knows for certain whether
+anything reached stdout: a connection lost after ``go`` and before the whole reply means
+nothing was written, and the launcher prints its own CNI error (999) and exits 1.
+"""
+
+from __future__ import annotations
+
+import _socket
+import posix
+import sys
+
+TYPE_CHECKING = False  # not typing.TYPE_CHECKING: the launcher must not import typing
+
+if TYPE_CHECKING:
+    import io
+    from collections.abc import Sequence
+    from typing import Any
+
+#: Where `vpccni install-cni` points launchers by default, and the server listens.
+DEFAULT_SOCKET = "/run/vpccni/plugin.sock"
+#: Overrides the socket baked into the launcher; empty = never use a server (tests, bench).
+SOCKET_ENV = "VPCCNI_PLUGIN_SERVER_SOCKET"
+MAGIC = b"vpccni-zygote/1"
+#: Connect + the child's "ready": beyond this the launcher runs the command itself.  A late
+#: child then reads EOF instead of "go" and exits without running anything.
+PRESTART_TIMEOUT_S = 3.0
+#: How long a child waits for a request and for "go" (a stuck launcher must not pin it).
+CHILD_HANDSHAKE_TIMEOUT_S = 10.0
+MAX_REQUEST = 1 << 20
+#: Concurrent children beyond which new connections are closed at once (-> fallback).
+MAX_CHILDREN = 256
+NETNS_PATH = "/proc/self/ns/net"
+
+
+# ------------------------------------------------------------------------------ client
+
+
+def launch(default_socket: str) -> int | None:
+    """Run this process's CNI invocation in the plugin server: the exit status, or None
+    when the caller must run it in-process (VERSION, no server, refused, too slow, ...)."""
+    environ = posix.environ
+    if environ.get(b"CNI_COMMAND") == b"VERSION":
+        return None  # answered in-process from constants: faster than a round trip
+    path = environ.get(SOCKET_ENV.encode(), default_socket.encode())
+    if not path:
+        return None
+    try:
+        sock = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)
+    except OSError:
+        return None
+    committed = False
+    try:
+        sock.settimeout(PRESTART_TIMEOUT_S)
+        sock.connect(path)
+        payload = _request(environ)
+        frame = len(payload).to_bytes(4, "big") + payload
+        fds = b"".join(fd.to_bytes(4, sys.byteorder) for fd in (0, 1, 2))
+        sent = sock.sendmsg([frame], [(_socket.SOL_SOCKET, _socket.SCM_RIGHTS, fds)])
+        if sent < len(frame):
+            sock.sendall(frame[sent:])
+        reader = _LineReader(sock)
+        if reader.line() != b"ready":
+            return None  # refused (wrong netns, ...) or closed before anything ran
+        sock.sendall(b"go\n")
+        committed = True
+        sock.settimeout(None)  # the child has its own deadline (VPCCNI_PLUGIN_TIMEOUT_SECONDS)
+        word, status, size = reader.line().split(b" ")
+        if word != b"exit":
+            raise ValueError(f"unexpected reply {word!r}")
+        body = reader.exactly(int(size))
+    except Exception as exc:  # noqa: BLE001 - before "go": fall back; after: a CNI error
+        sock.close()
+        if not committed:
+            return None
+        return _server_failed(path, exc)
+    sock.close()
+    view = memoryview(body)
+    while view:
+        view = view[posix.write(1, view) :]
+    return int(status)
+
+
+def _request(environ: dict[bytes, bytes]) -> bytes:
+    st = posix.stat(NETNS_PATH)
+    umask = posix.umask(0)
+    posix.umask(umask)
+    argv = [a.encode("utf-8", "surrogateescape") for a in sys.argv]
+    fields = [
+        MAGIC,
+        b"%d:%d" % (st.st_dev, st.st_ino),
+        b"%d" % umask,
+        posix.getcwdb(),
+        b"%d" % len(argv),
+        *argv,
+        *(k + b"=" + v for k, v in environ.items()),
+    ]
+    return b"\0".join(fields)
+
+
+class _LineReader:
+    def __init__(self, sock: Any) -> None:
+        self.sock = sock
+        self.buf = b""
+
+    def _more(self) -> None:
+        chunk = self.sock.recv(65536)
+        if not chunk:
+            raise EOFError("the plugin server closed the connection")
+        self.buf += chunk
+
+    def line(self) -> bytes:
+        while b"\n" not in self.buf:
+            if len(self.buf) > 4096:
+                raise ValueError("reply line too long")
+            self._more()
+        line, _, self.buf = self.buf.partition(b"\n")
+        return line
+
+    def exactly(self, size: int) -> bytes:
+        while len(self.buf) < size:
+            self._more()
+        body, self.buf = self.buf[:size], self.buf[size:]
+        return body
+
+
+def _server_failed(path: bytes, exc: BaseException) -> int:
+    """The server took the request and then vanished: nothing reached stdout, so the one
+    JSON document is ours.  Exit 1, no traceback (the runtime retries the command)."""
+    import json  # noqa: PLC0415 - error path only
+
+    reply = {
+        "cniVersion": _latest_version(),
+        "code": 999,
+        "msg": "plugin server failed",
+        "details": f"the plugin server at {path.decode(errors='replace')} lost the "
+        f"invocation after accepting it ({exc}); the command may have partly run",
+    }
+    posix.write(1, (json.dumps(reply) + "\n").encode())
+    return 1
+
+
+def _latest_version() -> str:
+    # The launcher has not set up sys.path for the vpccni package (that costs ~11 ms for an
+    # editable install): read our version table from the file next to this one.
+    try:
+        from importlib.machinery import SourceFileLoader  # noqa: PLC0415
+
+        version = type(sys)("vpccni.core.version")
+        here = __file__.rpartition("/")[0]
+        SourceFileLoader(version.__name__, f"{here}/version.py").exec_module(version)
+        latest: str = version.SUPPORTED[-1]
+        return latest
+    except Exception:  # noqa: BLE001 - a CNI error with some version beats none
+        return "1.1.0"
+
+
+# ------------------------------------------------------------------------------ server
+
+#: Imported by the server before it forks anything: what one ADD/DEL/CHECK would import.
+PRELOAD: tuple[str, ...] = (
+    "json",
+    "logging",
+    "logging.handlers",
+    "traceback",
+    "signal",
+    "vpccni.core.cli",
+    "vpccni.core.dispatch",
+    "vpccni.core.commands",
+    "vpccni.core.netconf",
+    "vpccni.core.logsetup",
+    "vpccni.core.plugins",
+    "vpccni.core.builtin_plugins",
+    "vpccni.core.hookspecs",
+    "vpccni.core.registry",
+    "vpccni.core.store",
+    "vpccni.core.names",
+    "vpccni.core.netns",
+    "vpccni.core.podnet",
+    "vpccni.core.ipam_fake",
+    "vpccni.core.ipam_grpc",
+    "vpccni.conf",
+    "jsonschema",
+    "pluggy",
+    "stevedore",
+    "stevedore.driver",
+    "grpc",
+    "google.protobuf",
+    "pyroute2",
+    "pyroute2.iproute.linux",
+    "pyroute2.netlink.rtnl.ifinfmsg",
+    "pyroute2.netlink.rtnl.rtmsg",
+    "pyroute2.netlink.rtnl.fibmsg",
+    "pyroute2.netlink.rtnl.ndmsg",
+    "pyroute2.netlink.rtnl.ifaddrmsg",
+    "pyroute2.nslink.nspopen",
+    "pyroute2.netns",
+)
+
+
+def preload(log: Any) -> list[str]:
+    """Import the plugin runtime and warm its pure-Python caches (schema validators, the
+    in-tree drivers' entry points).  Opens no socket, starts no thread.  Returns the
+    modules that could not be imported (logged; a child imports them itself if needed)."""
+    import importlib  # noqa: PLC0415
+    from importlib import metadata  # noqa: PLC0415
+
+    missing = []
+    for name in PRELOAD:
+        try:
+            importlib.import_module(name)
+        except Exception as exc:  # noqa: BLE001 - optional speed-up, never fatal
+            log.warning("preload %s: %r", name, exc)
+            missing.append(name)
+    from vpccni import conf  # noqa: PLC0415
+    from vpccni.core import netconf  # noqa: PLC0415
+    from vpccni.core import registry  # noqa: PLC0415
+
+    for schema in ("netconf", netconf.DEFAULT_TYPE_SCHEMA, *netconf.TYPE_SCHEMAS.values()):
+        try:
+            conf.schema(schema)
+            netconf._validator(schema)  # functools.cache: children inherit the built validator
+        except Exception as exc:  # noqa: BLE001
+            log.warning("preload schema %s: %r", schema, exc)
+    # Only in-tree entry points: third-party driver code is not run in a long-lived root
+    # process (a child still loads it by name, exactly as an exec'd plugin would).
+    for group in (registry.DRIVERS_GROUP, registry.PLUGINS_GROUP):
+        for ep in metadata.entry_points(group=group):
+            if ep.value.startswith("vpccni."):
+                try:
+                    registry._load(group, ep.name)
+                except Exception as exc:  # noqa: BLE001
+                    log.warning("preload %s %s: %r", group, ep.name, exc)
+    _compile_netlink_tables(log)
+    return missing
+
+
+#: pyroute2 message classes the drivers send and receive (links, addresses, routes, rules,
+#: neighbours).
+NETLINK_MESSAGES = (
+    "pyroute2.netlink.rtnl.ifinfmsg:ifinfmsg",
+    "pyroute2.netlink.rtnl.ifaddrmsg:ifaddrmsg",
+    "pyroute2.netlink.rtnl.rtmsg:rtmsg",
+    "pyroute2.netlink.rtnl.fibmsg:fibmsg",
+    "pyroute2.netlink.rtnl.ndmsg:ndmsg",
+)
+
+
+def _compile_netlink_tables(log: Any) -> None:
+    """pyroute2 compiles each message class's attribute table on its first instance, per
+    class: ~25 ms of a fresh process's first ADD.  Done here, every fork inherits it.
+    Pure Python (class attributes); no socket is opened."""
+    import importlib  # noqa: PLC0415
+
+    seen: set[type] = set()
+
+    def walk(cls: type) -> None:
+        if cls in seen:
+            return
+        seen.add(cls)
+        try:
+            cls()
+        except Exception:  # noqa: BLE001 - a class that needs arguments: skip it
+            return
+        table = getattr(cls, "_nla_base__t_nla_map", None)
+        for prime in table.values() if isinstance(table, dict) else ():
+            sub = prime.get("class") if isinstance(prime, dict) else None
+            if isinstance(sub, type):
+                walk(sub)
+
+    for spec in NETLINK_MESSAGES:
+        module, _, name = spec.partition(":")
+        try:
+            walk(getattr(importlib.import_module(module), name))
+        except Exception as exc:  # noqa: BLE001 - optional speed-up
+            log.warning("netlink tables %s: %r", spec, exc)
+    log.debug("compiled %d netlink attribute tables", len(seen))
+
+
+def thread_count() -> int:
+    import os  # noqa: PLC0415
+
+    return len(os.listdir("/proc/self/task"))
+
+
+class ServerError(Exception):
+    """The server cannot start (another one listens, unsafe to fork, ...)."""
+
+
+def bind(path: str) -> Any:
+    """A listening socket at ``path``, mode 0600, appearing atomically (bound under a
+    temporary name, then renamed): a launcher never connects to a half-made server."""
+    import os  # noqa: PLC0415
+    import socket  # noqa: PLC0415
+
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        probe.connect(path)
+    except OSError:
+        pass  # nothing there, or a stale file a dead server left: ours to replace
+    else:
+        raise ServerError(f"{path}: another plugin server is listening there")
+    finally:
+        probe.close()
+    os.makedirs(os.path.dirname(path) or ".", mode=0o755, exist_ok=True)
+    tmp = f"{path}.{os.getpid()}.tmp"
+    with _suppress_missing():
+        os.unlink(tmp)
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    old = os.umask(0o177)  # created 0600: no window in which others could connect
+    try:
+        listener.bind(tmp)
+    finally:
+        os.umask(old)
+    os.chmod(tmp, 0o600)
+    listener.listen(128)
+    os.rename(tmp, path)
+    return listener
+
+
+class _suppress_missing:
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, kind: Any, exc: Any, tb: Any) -> bool:
+        return kind is not None and issubclass(kind, FileNotFoundError)
+
+
+def serve(path: str, log: Any, *, ready: Any = None) -> int:
+    """Preload, listen on ``path``, fork a child per connection until SIGTERM/SIGINT."""
+    import gc  # noqa: PLC0415
+    import os  # noqa: PLC0415
+    import signal  # noqa: PLC0415
+
+    preload(log)
+    # The collector writes to every object it visits: a collection in a child would
+    # copy-on-write the whole inherited heap (~25 ms measured).  Frozen objects are never
+    # visited; what a child allocates is still collected.
+    gc.collect()
+    gc.freeze()
+    threads = thread_count()
+    if threads != 1:
+        # A fork copies only the calling thread: locks other threads hold stay locked.
+        raise ServerError(f"{threads} threads after preloading: forking would be unsafe")
+    listener = bind(path)
+    inode = os.stat(path).st_ino
+    netns = os.stat(NETNS_PATH)
+    log.info(
+        "plugin server pid %d listening on %s (netns %d:%d)",
+        os.getpid(),
+        path,
+        netns.st_dev,
+        netns.st_ino,
+    )
+    children: set[int] = set()
+    exited: list[tuple[int, int]] = []
+    stopping: list[int] = []
+
+    def reap(_signum: int, _frame: Any) -> None:
+        # No logging here: a signal handler may interrupt logging itself.
+        while True:
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                return
+            if pid == 0:
+                return
+            children.discard(pid)
+            exited.append((pid, status))
+
+    def stop(signum: int, _frame: Any) -> None:
+        stopping.append(signum)
+
+    signal.signal(signal.SIGCHLD, reap)
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    listener.settimeout(0.5)  # wake up now and then to log exits and notice a stop
+    if ready is not None:
+        ready()
+    try:
+        while not stopping:
+            while exited:
+                pid, status = exited.pop()
+                if status != 0:
+                    log.warning("child %d ended abnormally: wait status %#x", pid, status)
+            try:
+                conn, _ = listener.accept()
+            except TimeoutError:
+                continue
+            except InterruptedError:
+                continue
+            if len(children) >= MAX_CHILDREN:
+                log.warning("%d requests in flight: refusing one (it falls back)", len(children))
+                conn.close()
+                continue
+            try:
+                pid = os.fork()
+            except OSError as exc:
+                log.error("fork failed: %r", exc)
+                conn.close()
+                continue
+            if pid == 0:
+                _child(conn, listener, log)  # never returns
+            children.add(pid)
+            conn.close()
+    finally:
+        listener.close()
+        try:
+            if os.stat(path).st_ino == inode:  # still ours: a newer server may own the path
+                os.unlink(path)
+        except OSError:
+            pass
+        log.info("plugin server stopped; %d requests still running finish alone", len(children))
+    return 0
+
+
+def _child(conn: Any, listener: Any, log: Any) -> None:
+    """One request, in a fresh fork of the server.  Never returns: os._exit."""
+    import fcntl  # noqa: PLC0415
+    import os  # noqa: PLC0415
+    import signal  # noqa: PLC0415
+
+    code = 0
+    try:
+        # A fresh interpreter's signal dispositions, before anything can fork or wait.
+        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        listener.close()
+        conn.settimeout(CHILD_HANDSHAKE_TIMEOUT_S)
+        request = _receive(conn)
+        if request is None:
+            return
+        fds, argv, env, cwd, umask, why = request
+        if why is None:
+            try:
+                os.chdir(cwd)
+            except OSError as exc:
+                why = f"cannot enter the launcher's cwd: {exc.strerror}"
+        if why is not None:
+            log.warning("refused a request: %s", why)
+            for fd in fds:
+                os.close(fd)
+            conn.sendall(b"refuse " + why.encode("utf-8", "replace") + b"\n")
+            return
+        # Everything that can fail is done before "ready": after "go" the launcher has
+        # committed and a failure is a CNI error instead of a fallback.
+        os.umask(umask)
+        # Out of 0-2 first: a server started with a closed std fd receives one there.
+        moved = [fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, 3) for fd in fds]
+        for fd in fds:
+            os.close(fd)
+        for target, fd in enumerate(moved):
+            os.dup2(fd, target)  # subprocesses the command starts inherit them, as exec'd
+            os.close(fd)
+        out = _become(argv, env)
+        conn.sendall(b"ready\n")
+        if _read_line(conn) != b"go":
+            return  # the launcher gave up waiting and runs the command itself
+        conn.settimeout(None)
+        preloaded = set(sys.modules) if log.isEnabledFor(10) else None  # 10: DEBUG
+        status, stdout = _run(out)
+        if preloaded is not None:
+            # What PRELOAD misses (each costs every request): the list to extend.
+            late = sorted(set(sys.modules) - preloaded)
+            log.debug("imported after the fork: %s", " ".join(late) or "nothing")
+        for fd in (0, 1, 2):
+            # Before the reply: once the launcher exits, the runtime's pipes reach EOF.
+            os.close(fd)
+        try:
+            conn.sendall(b"exit %d %d\n" % (status, len(stdout)) + stdout)
+        except OSError:
+            pass  # the launcher is gone; the runtime retries the command anyway
+    except BaseException as exc:  # noqa: BLE001
+        code = 70
+        try:
+            log.error("child failed: %r", exc)
+        except BaseException:  # noqa: BLE001
+            pass
+    finally:
+        os._exit(code)
+
+
+def _receive(conn: Any) -> tuple[list[int], list[bytes], dict[bytes, bytes], bytes, int,
+                                  str | None] | None:  # fmt: skip
+    """(fds, argv, env, cwd, umask, refusal or None), or None for a broken request."""
+    import os  # noqa: PLC0415
+    import socket  # noqa: PLC0415
+    import struct  # noqa: PLC0415
+
+    data, fds, _flags, _addr = socket.recv_fds(conn, 65536, 3)
+    try:
+        while len(data) < 4 or len(data) < 4 + int.from_bytes(data[:4], "big"):
+            if len(data) >= 4 and int.from_bytes(data[:4], "big") > MAX_REQUEST:
+                raise ValueError("request too large")
+            chunk = conn.recv(65536)
+            if not chunk:
+                raise EOFError("launcher closed the connection mid-request")
+            data += chunk
+        fields = data[4 : 4 + int.from_bytes(data[:4], "big")].split(b"\0")
+        if fields[0] != MAGIC:
+            conn.sendall(b"refuse protocol " + fields[0][:40] + b"\n")
+            raise ValueError(f"protocol {fields[0][:40]!r}")
+        if len(fds) != 3:
+            raise ValueError(f"{len(fds)} file descriptors instead of 3")
+        netns, umask, cwd, argc = fields[1], int(fields[2]), fields[3], int(fields[4])
+        argv = fields[5 : 5 + argc]
+        env: dict[bytes, bytes] = {}
+        for item in fields[5 + argc :]:
+            key, sep, value = item.partition(b"=")
+            if sep:
+                env[key] = value
+    except Exception:
+        for fd in fds:
+            os.close(fd)
+        raise
+    why = None
+    cred = conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+    _pid, uid, _gid = struct.unpack("3i", cred)
+    if uid not in (0, os.geteuid()):
+        why = f"uid {uid} may not run CNI commands"
+    mine = os.stat(NETNS_PATH)
+    if netns != b"%d:%d" % (mine.st_dev, mine.st_ino):
+        # Plumbing is done in the namespace the child runs in: never on another node's.
+        why = (
+            f"the launcher's network namespace ({netns.decode(errors='replace')}) is not "
+            f"the server's ({mine.st_dev}:{mine.st_ino})"
+        )
+    return fds, argv, env, cwd, umask, why
+
+
+def _read_line(conn: Any) -> bytes:
+    buf = b""
+    while not buf.endswith(b"\n"):
+        chunk = conn.recv(1)
+        if not chunk:
+            return b""
+        buf += chunk
+    return buf[:-1]
+
+
+def _become(argv: Sequence[bytes], env: dict[bytes, bytes]) -> io.StringIO:
+    """Turn this fork into the exec'd launcher: its environment (only it), argv and std
+    streams.  Returns the buffer standing in for stdout (sent back in the reply)."""
+    import io  # noqa: PLC0415
+    import os  # noqa: PLC0415
+
+    os.environb.clear()  # putenv/unsetenv too: subprocesses see exactly this environment
+    os.environb.update(env)
+    sys.argv = [os.fsdecode(a) for a in argv]
+    sys.stdin = open(0, closefd=False)  # cli.main reads sys.stdin.buffer
+    sys.stderr = open(2, "w", buffering=1, closefd=False, errors="backslashreplace")
+    out = io.StringIO()
+    sys.stdout = out
+    return out
+
+
+def _run(out: io.StringIO) -> tuple[int, bytes]:
+    """The launcher's ``sys.exit(vpccni.core.cli.main())``, in this process: (exit status,
+    what the command wrote to stdout)."""
+    import traceback  # noqa: PLC0415
+
+    from vpccni.core import cli  # noqa: PLC0415
+
+    try:
+        status = cli.main()
+    except SystemExit as exc:
+        status = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+        if not isinstance(exc.code, int) and exc.code is not None:
+            print(exc.code, file=sys.stderr)
+    except BaseException:  # noqa: BLE001 - as the interpreter would: traceback, status 1
+        traceback.print_exc(file=sys.stderr)
+        status = 1
+    try:
+        sys.stderr.flush()
+    except OSError:
+        pass
+    return status, out.getvalue().encode("utf-8", "surrogateescape")
