@@ -60,6 +60,7 @@ class EniMetadata:
     subnet_ipv6_cidrs: tuple[str, ...]
     vpc_ipv4_cidrs: tuple[str, ...]
     security_group_ids: tuple[str, ...]
+    vpc_ipv6_cidrs: tuple[str, ...] = ()
 
     @property
     def primary_ipv4(self) -> str:
@@ -186,6 +187,7 @@ class InstanceMetadata:
             subnet_ipv6_cidrs=self._list(base + "subnet-ipv6-cidr-blocks"),
             vpc_ipv4_cidrs=self._list(base + "vpc-ipv4-cidr-blocks"),
             security_group_ids=self._list(base + "security-group-ids"),
+            vpc_ipv6_cidrs=self._list(base + "vpc-ipv6-cidr-blocks"),
         )
 
     def enis(self) -> list[EniMetadata]:

@@ -353,35 +353,11 @@ class PoolManager:
             )
         self.publish_metrics()
 
-    def _vpc_ipv6_cidrs(self, primary: EniMetadata) -> tuple[str, ...]:
-        """The VPC's IPv6 CIDRs (the reply's ``vpc_cidrs`` in IPv6 mode).  Upstream reads
-        metadata's ``vpc-ipv6-cidr-blocks``; EniMetadata does not carry it (nor does the
-        simulator serve it), so: that key if the metadata client can read it, else EC2's
-        DescribeVpcs, else the primary ENI's subnet blocks."""
-        lister = getattr(self.metadata, "_list", None)
-        if callable(lister):
-            try:
-                found = tuple(lister(f"network/interfaces/macs/{primary.mac}/vpc-ipv6-cidr-blocks"))
-            except Exception as exc:  # noqa: BLE001 - optional key; fall through to EC2
-                log.debug("metadata vpc-ipv6-cidr-blocks: %s", exc)
-                found = ()
-            if found:
-                return found
-        call = getattr(self.ec2, "_call", None)
-        if self.vpc_id and callable(call):
-            try:
-                out = call("describe_vpcs", VpcIds=[self.vpc_id])
-                cidrs = tuple(
-                    str(a["Ipv6CidrBlock"])
-                    for vpc in out.get("Vpcs", [])
-                    for a in vpc.get("Ipv6CidrBlockAssociationSet", [])
-                    if a.get("Ipv6CidrBlockState", {}).get("State", "associated") == "associated"
-                )
-                if cidrs:
-                    return cidrs
-            except Ec2Error as exc:
-                log.warning("DescribeVpcs for the VPC IPv6 CIDRs failed: %s", exc)
-        return tuple(primary.subnet_ipv6_cidrs)
+    @staticmethod
+    def _vpc_ipv6_cidrs(primary: EniMetadata) -> tuple[str, ...]:
+        """The VPC's IPv6 CIDRs (the reply's ``vpc_cidrs`` in IPv6 mode): metadata's
+        ``vpc-ipv6-cidr-blocks`` as upstream reads it, else the primary subnet's blocks."""
+        return primary.vpc_ipv6_cidrs or tuple(primary.subnet_ipv6_cidrs)
 
     def _describe(self, eni_ids: list[str]) -> dict[str, EniInfo]:
         if self.config.enable_imds_only_mode or self.ec2 is None:

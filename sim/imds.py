@@ -77,6 +77,7 @@ def _eni_tree(eni: Any, vpc_cidrs: Sequence[str], region: str) -> Tree:
         "vpc-id": eni.vpc_id,
         "vpc-ipv4-cidr-block": vpc_cidrs[0] if vpc_cidrs else None,
         "vpc-ipv4-cidr-blocks": _lines(vpc_cidrs),
+        "vpc-ipv6-cidr-blocks": _lines(eni.vpc_ipv6_cidrs),
     }
     return {k: v for k, v in tree.items() if v is not None}
 

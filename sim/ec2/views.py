@@ -23,6 +23,7 @@ class EniView:
     subnet_ipv6_cidrs: tuple[str, ...]
     vpc_id: str
     vpc_cidrs: tuple[str, ...]  # every associated IPv4 CIDR of the VPC, primary first
+    vpc_ipv6_cidrs: tuple[str, ...]  # every associated IPv6 CIDR of the VPC
     private_ips: tuple[str, ...]  # primary first
     ipv4_prefixes: tuple[str, ...]
     ipv6_addresses: tuple[str, ...]
@@ -37,6 +38,15 @@ def vpc_ipv4_cidrs(vpc: Any) -> tuple[str, ...]:
         state = assoc.get("cidr_block_state", {}).get("state", "associated")
         if state == "associated" and assoc["cidr_block"] not in cidrs:
             cidrs.append(assoc["cidr_block"])
+    return tuple(cidrs)
+
+
+def vpc_ipv6_cidrs(vpc: Any) -> tuple[str, ...]:
+    cidrs = []
+    for assoc in vpc.get_cidr_block_association_set(ipv6=True):
+        state = assoc.get("cidr_block_state", {}).get("state", "associated")
+        if state == "associated":
+            cidrs.append(str(assoc["cidr_block"]))
     return tuple(cidrs)
 
 
@@ -55,6 +65,7 @@ def eni_view(backend: Any, eni: SimNetworkInterface) -> EniView:
         subnet_ipv6_cidrs=tuple(subnet_ipv6_cidrs(subnet)),
         vpc_id=subnet.vpc_id,
         vpc_cidrs=vpc_ipv4_cidrs(vpc),
+        vpc_ipv6_cidrs=vpc_ipv6_cidrs(vpc),
         private_ips=tuple(eni.private_ipv4s()),
         ipv4_prefixes=tuple(p["Ipv4Prefix"] for p in eni.ipv4_prefixes),
         ipv6_addresses=tuple(eni.ipv6_addresses),
