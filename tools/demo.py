@@ -27,6 +27,7 @@ import sys
 import tempfile
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 from types import FrameType
 
@@ -223,14 +224,22 @@ def _ms(call: CniCall) -> float:
 def main() -> int:
     if "--fake" in sys.argv[1:]:
         return fake_main()
+    # The simulator logs its own progress; the report is what this demo prints.
+    logging.basicConfig(level=logging.ERROR)
+    return _guarded(_preflight, lambda workdir, stack: SimDemo(workdir, stack).run())
+
+
+def _guarded(
+    preflight: Callable[[], None], body: Callable[[Path, contextlib.ExitStack], None]
+) -> int:
+    """Run one demo: everything it sets up is torn down on success, failure, Ctrl-C or
+    SIGTERM, expected failures print one line (no traceback), the exit status says which."""
     signal.signal(signal.SIGTERM, _sigterm)
     # Also when started with SIGINT ignored (a background job): Ctrl-C must clean up.
     signal.signal(signal.SIGINT, signal.default_int_handler)
-    # The simulator logs its own progress; the report is what this demo prints.
-    logging.basicConfig(level=logging.ERROR)
     started = time.perf_counter()
     try:
-        _preflight()
+        preflight()
     except DemoError as exc:
         print(f"demo: {exc}", file=sys.stderr)
         return 1
@@ -238,7 +247,7 @@ def main() -> int:
     stack = contextlib.ExitStack()
     status = 0
     try:
-        SimDemo(workdir, stack).run()
+        body(workdir, stack)
     except KeyboardInterrupt:
         print("\ndemo: interrupted, cleaning up", file=sys.stderr)
         status = 130
@@ -457,38 +466,13 @@ def _fms(call: CniCall) -> str:
 
 def fake_main() -> int:
     """The first demo: fake ipam and the test_veth driver, no simulator."""
-    signal.signal(signal.SIGTERM, _sigterm)
-    # Also when started with SIGINT ignored (a background job): Ctrl-C must clean up.
-    signal.signal(signal.SIGINT, signal.default_int_handler)
-    started = time.perf_counter()
-    try:
-        _fake_preflight()
-    except DemoError as exc:
-        print(f"demo: {exc}", file=sys.stderr)
-        return 1
-    workdir = Path(tempfile.mkdtemp(prefix="vpccni-demo-"))
-    demo = FakeDemo(workdir)
-    status = 0
-    try:
+
+    def body(workdir: Path, stack: contextlib.ExitStack) -> None:
+        demo = FakeDemo(workdir)
+        stack.callback(demo.teardown)
         demo.run()
-    except KeyboardInterrupt:
-        print("\ndemo: interrupted, cleaning up", file=sys.stderr)
-        status = 130
-    except (DemoError, CniCallError, CnictlUnavailable) as exc:
-        print(f"demo: FAILED: {exc}", file=sys.stderr)
-        status = 1
-    except (OSError, subprocess.SubprocessError) as exc:
-        print(f"demo: FAILED: {exc}", file=sys.stderr)
-        status = 1
-    finally:
-        # A second Ctrl-C during cleanup must not leave namespaces behind.
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)
-        demo.teardown()
-        shutil.rmtree(workdir, ignore_errors=True)
-    if status == 0:
-        print(f"demo: OK in {time.perf_counter() - started:.1f} s")
-    return status
+
+    return _guarded(_fake_preflight, body)
 
 
 if __name__ == "__main__":
