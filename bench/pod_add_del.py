@@ -17,7 +17,11 @@ plugin), the ipamd RPC round trip, and what is left for netlink and the driver; 
 server, the fixed cost of the hand-over (a request that fails at once, code 4) and the
 command in the forked child.
 
-    python bench/pod_add_del.py [-n 60] [--ipamd PATH] [--vpccni PATH]
+    python bench/pod_add_del.py [-n 60] [--ipamd PATH] [--vpccni PATH] [--profile DIR]
+
+``--profile DIR`` makes every server child write a cProfile of its command to
+``DIR/<add|del>.<pid>`` (``VPCCNI_PROFILE``, docs/plugin-server.md); the server figures
+are then inflated by the profiler, so use it to find where the time goes, not to compare.
 
 Needs root; touches only the namespaces it creates (simulator prefix, ``bpd``) and a temp dir.
 """
@@ -62,6 +66,7 @@ VENV_BIN = Path(sys.executable).parent
 #: The two ways the launcher runs a command; VPCCNI_PLUGIN_SERVER_SOCKET picks one per call.
 VARIANTS = ("direct", "server")
 SOCKET_ENV = "VPCCNI_PLUGIN_SERVER_SOCKET"
+PROFILE_ENV = "VPCCNI_PROFILE"
 TARGET_ADD, TARGET_DEL = 3.0, 2.0
 _IMPORT_RE = re.compile(r"^import time:\s+(\d+) \|\s+(\d+) \|(\s*)(\S+)$")
 
@@ -109,7 +114,7 @@ def import_closure(stderr: str) -> tuple[float, list[tuple[str, float]], list[st
     return total, sorted(tops.items(), key=lambda kv: -kv[1])[:6], names
 
 
-def run(n: int, ipamd_bin: Path | None, vpccni: Path) -> int:
+def run(n: int, ipamd_bin: Path | None, vpccni: Path, profile: Path | None = None) -> int:
     from vpccni.sim.fixtures import running_simulator  # heavy (moto): after arg parsing
 
     if ipamd_bin is not None:
@@ -146,9 +151,11 @@ def run(n: int, ipamd_bin: Path | None, vpccni: Path) -> int:
         conf["plugins"][0]["plugins"] = ["timing"]
         node.conflist.write_text(json.dumps(conf))
 
-        def use(variant: str) -> None:
+        def use(variant: str, command: str | None = None) -> None:
             socket_env = str(server_socket) if variant == "server" else ""
             node.ctl.env = {"VPCCNI_TIMING_FILE": str(timing[variant]), SOCKET_ENV: socket_env}
+            if profile is not None and command is not None and variant == "server":
+                node.ctl.env[PROFILE_ENV] = str(profile / command)
 
         wait_for("the warm pool", lambda: node.ipamd.pool()[1] >= warm, timeout=120)
 
@@ -181,7 +188,7 @@ def run(n: int, ipamd_bin: Path | None, vpccni: Path) -> int:
         pods: dict[str, list[Pod]] = {v: [] for v in VARIANTS}
         for i in range(n):
             for variant in VARIANTS:
-                use(variant)
+                use(variant, "add")
                 pod = node.new_pod(f"{variant[0]}{i}")
                 add = node.add(pod)
                 if not add.ok:
@@ -192,7 +199,7 @@ def run(n: int, ipamd_bin: Path | None, vpccni: Path) -> int:
             samples["go_add"].append(call_ms(go.add(go_conf, ns.path, f"go-{i}").check()))
         for i in range(n):
             for variant in VARIANTS:
-                use(variant)
+                use(variant, "del")
                 samples[f"{variant}_del"].append(call_ms(node.delete_pod(pods[variant][i])))
             samples["go_del"].append(call_ms(go.delete(go_conf, go_pods[2 + i].path, f"go-{i}")))
 
@@ -332,7 +339,7 @@ def run(n: int, ipamd_bin: Path | None, vpccni: Path) -> int:
     print(f"      interpreter start (-I -S)                          {bare:7.1f}")
     print(f"      imports ({len(names)} top-level, replayed untraced)       {imports_ms:7.1f}")
     print(f"      ipamd RPC round trip (warm channel)                {rtt:7.1f}")
-    print(f"      the rest: netns fork, netlink, state, logging      {work_ms:7.1f}")
+    print(f"      the rest: netlink, state, logging, page faults     {work_ms:7.1f}")
     print(
         f"    VERSION, whole process: {version:.1f}; in-process command (timing plugin): "
         f"ADD {med['direct']['ADD']:.1f}, DEL {med['direct']['DEL']:.1f}"
@@ -352,7 +359,7 @@ def run(n: int, ipamd_bin: Path | None, vpccni: Path) -> int:
     )
     print(f"      the command in the forked child (timing plugin)    {child_add:7.1f}")
     print(
-        f"        of which ipamd RPC {rtt:.1f}; netns fork, netlink, state, page faults "
+        f"        of which ipamd RPC {rtt:.1f}; channel set-up, netlink, state, page faults "
         f"{child_add - rtt:.1f}"
     )
     print(
@@ -376,11 +383,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         default=VENV_BIN / "vpccni",
         help="the vpccni CLI whose install-cni writes the plugin launcher",
     )
+    ap.add_argument(
+        "--profile",
+        type=Path,
+        help="directory for a cProfile of each server child's command (inflates its figures)",
+    )
     opts = ap.parse_args(argv)
     if os.geteuid() != 0:
         print("needs root (network namespaces)", file=sys.stderr)
         return 1
-    return run(max(opts.n, 1), opts.ipamd, opts.vpccni)
+    if opts.profile is not None:
+        opts.profile.mkdir(parents=True, exist_ok=True)
+    return run(max(opts.n, 1), opts.ipamd, opts.vpccni, opts.profile)
 
 
 if __name__ == "__main__":

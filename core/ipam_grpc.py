@@ -5,8 +5,11 @@ One instance per plugin process, built by the runtime and handed to drivers as
 ``google.rpc.ErrorInfo`` (reason + remedy) and leave here as :class:`IpamError`, so
 drivers never see grpc or protobuf types.
 
-NOTE: create this client only after the pod's namespace handles are open: pyroute2 may
-fork, and gRPC's channel threads do not survive a fork.
+NOTE: create this client only after the pod's namespace handles are open.  Opening them no
+longer forks (vpccni.core.netns enters the namespace with setns), but the order stays: any
+fork after a channel exists (a driver's helper, a future open path) would break gRPC's
+channel threads.  Channel options (no HTTP proxy, no retries) were measured: a fresh
+channel costs ~1.7 ms and its first call ~3 ms (the HTTP/2 connection) either way.
 """
 
 from __future__ import annotations

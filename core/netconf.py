@@ -87,13 +87,26 @@ def check_mtu_for_family(conf: dict[str, Any] | Any, family: int, default: int =
     return mtu
 
 
+_driver_validators: dict[str, Any] = {}
+
+
+def driver_validator(schema: Any) -> Any:
+    """The validator of a driver's section schema, built once per process (the plugin
+    server builds the in-tree drivers' before it forks, so children inherit them)."""
+    key = json.dumps(schema, sort_keys=True)
+    found = _driver_validators.get(key)
+    if found is None:
+        import jsonschema  # noqa: PLC0415
+
+        found = _driver_validators[key] = jsonschema.Draft202012Validator(schema)
+    return found
+
+
 def validate_driver_section(conf: dict[str, Any], name: str, schema: Any) -> dict[str, Any]:
     section = (conf.get("drivers") or {}).get(name, {})
     if schema is None:
         return dict(section)
-    import jsonschema  # noqa: PLC0415
-
-    validator = jsonschema.Draft202012Validator(schema)
+    validator = driver_validator(schema)
     problems = sorted(
         f"$.drivers.{name}{e.json_path[1:]}: {e.message}" for e in validator.iter_errors(section)
     )

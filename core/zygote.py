@@ -61,6 +61,8 @@ MAX_REQUEST = 1 << 20
 #: Concurrent children beyond which new connections are closed at once (-> fallback).
 MAX_CHILDREN = 256
 NETNS_PATH = "/proc/self/ns/net"
+#: In the plugin's environment: the child writes a cProfile of the command to "<value>.<pid>".
+PROFILE_ENV = "VPCCNI_PROFILE"
 
 
 # ------------------------------------------------------------------------------ client
@@ -215,6 +217,10 @@ PRELOAD: tuple[str, ...] = (
     "stevedore",
     "stevedore.driver",
     "grpc",
+    # Imported lazily by grpc.insecure_channel (~5 ms of every child otherwise).
+    "grpc._channel",
+    "grpc._simple_stubs",
+    "grpc.experimental",
     "google.protobuf",
     "pyroute2",
     "pyroute2.iproute.linux",
@@ -258,10 +264,19 @@ def preload(log: Any) -> list[str]:
         for ep in metadata.entry_points(group=group):
             if ep.value.startswith("vpccni."):
                 try:
-                    registry._load(group, ep.name)
+                    loaded = registry._load(group, ep.name)
+                    section_schema = getattr(getattr(loaded, "info", None), "conf_schema", None)
+                    if section_schema is not None:
+                        netconf.driver_validator(section_schema)
                 except Exception as exc:  # noqa: BLE001
                     log.warning("preload %s %s: %r", group, ep.name, exc)
     _compile_netlink_tables(log)
+    from vpccni.core import netns  # noqa: PLC0415
+
+    try:
+        netns._libc_setns()  # dlopen + ctypes prototype only: no syscall, no thread
+    except Exception as exc:  # noqa: BLE001
+        log.warning("preload setns: %r", exc)
     return missing
 
 
@@ -588,10 +603,20 @@ def _become(argv: Sequence[bytes], env: dict[bytes, bytes]) -> io.StringIO:
 def _run(out: io.StringIO) -> tuple[int, bytes]:
     """The launcher's ``sys.exit(vpccni.core.cli.main())``, in this process: (exit status,
     what the command wrote to stdout)."""
+    import os  # noqa: PLC0415
     import traceback  # noqa: PLC0415
 
     from vpccni.core import cli  # noqa: PLC0415
 
+    profile = os.environ.get(PROFILE_ENV)
+    profiler = None
+    if profile:
+        # Diagnostics only (bench/pod_add_del.py --profile): the command's own time, per
+        # function, in pstats format; one file per child.
+        import cProfile  # noqa: PLC0415
+
+        profiler = cProfile.Profile()
+        profiler.enable()
     try:
         status = cli.main()
     except SystemExit as exc:
@@ -601,6 +626,12 @@ def _run(out: io.StringIO) -> tuple[int, bytes]:
     except BaseException:  # noqa: BLE001 - as the interpreter would: traceback, status 1
         traceback.print_exc(file=sys.stderr)
         status = 1
+    if profiler is not None:
+        profiler.disable()
+        try:
+            profiler.dump_stats(f"{profile}.{os.getpid()}")
+        except OSError:
+            pass
     try:
         sys.stderr.flush()
     except OSError:
