@@ -33,10 +33,14 @@ if str(_REPO) not in sys.path:
     sys.path.insert(0, str(_REPO))
 
 from bench.anchor_ptp import percentile  # noqa: E402
+from bench.pod_add_del import install_launcher  # noqa: E402
 from tests.support import ipamd as ipamd_support  # noqa: E402
+from tests.support.cnictl import GO_PLUGIN_DIR  # noqa: E402
 from tests.support.ipamd import Ec2CallCounter  # noqa: E402
 from tests.support.simnode import Pod  # noqa: E402
 from tests.support.simnode import SimNode  # noqa: E402
+
+VPCCNI = Path(sys.executable).parent / "vpccni"
 
 
 def call_counter(sim: Any, stack: contextlib.ExitStack) -> Callable[[], dict[str, int]]:
@@ -58,7 +62,7 @@ def show_calls(calls: dict[str, int]) -> str:
     return f"{sum(calls.values())} ({body})"
 
 
-def run(n: int, parallel: int, latency: float, instance_type: str) -> int:
+def run(n: int, parallel: int, latency: float, instance_type: str, server: bool = False) -> int:
     from vpccni.sim.fixtures import running_simulator  # heavy (moto): after arg parsing
 
     with (
@@ -68,8 +72,18 @@ def run(n: int, parallel: int, latency: float, instance_type: str) -> int:
     ):
         calls = call_counter(sim, stack)
         sim.emulator.faults.set_latency("*", latency)
-        node = SimNode(sim, "node0", Path(tmp), {"AWS_VPC_K8S_CNI_LOGLEVEL": "info"})
+        cni_path = None
+        socket_path = Path(tmp) / "run" / "plugin.sock"
+        if server:
+            # What a node runs: install-cni's launcher, handing commands to the plugin server.
+            launcher = install_launcher(VPCCNI, Path(tmp) / "bin", socket_path)
+            cni_path = [str(launcher.parent), str(GO_PLUGIN_DIR)]
+        node = SimNode(
+            sim, "node0", Path(tmp), {"AWS_VPC_K8S_CNI_LOGLEVEL": "info"}, cni_path=cni_path
+        )
         stack.callback(node.close)
+        if server:
+            node.start_plugin_server(socket_path, Path(tmp) / "plugin-server.log")
         t_start = time.perf_counter()
         node.start()
         t_serving = time.perf_counter()
@@ -130,13 +144,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--latency", type=float, default=0.1, help="seconds added to every EC2 call")
     ap.add_argument("--instance-type", default="m5.4xlarge")
     ap.add_argument("--ipamd", type=Path, help="vpccni-ipamd to run (default: this venv's)")
+    ap.add_argument(
+        "--plugin-server",
+        action="store_true",
+        help="run the plugin through install-cni's launcher and `vpccni plugin-server`",
+    )
     opts = ap.parse_args(argv)
     if os.geteuid() != 0:
         print("needs root (network namespaces)", file=sys.stderr)
         return 1
     if opts.ipamd is not None:
         ipamd_support.IPAMD = str(opts.ipamd)  # read by IpamdProcess.start()
-    return run(opts.n, opts.parallel, opts.latency, opts.instance_type)
+    return run(opts.n, opts.parallel, opts.latency, opts.instance_type, opts.plugin_server)
 
 
 if __name__ == "__main__":
