@@ -60,6 +60,7 @@ from tests.support.ipamd import wait_for  # noqa: E402
 from tests.support.simnode import Pod  # noqa: E402
 from tests.support.simnode import SimNode  # noqa: E402
 from tests.support.simnode import call_ms  # noqa: E402
+from tests.support.simnode import install_launcher  # noqa: E402
 from vpccni.cli.install_cmd import path_setup_source  # noqa: E402
 
 VENV_BIN = Path(sys.executable).parent
@@ -73,16 +74,6 @@ _IMPORT_RE = re.compile(r"^import time:\s+(\d+) \|\s+(\d+) \|(\s*)(\S+)$")
 
 def stats(values: Sequence[float]) -> tuple[float, float]:
     return percentile(values, 50), percentile(values, 95)
-
-
-def install_launcher(vpccni: Path, bin_dir: Path, server_socket: Path) -> Path:
-    subprocess.run(
-        [str(vpccni), "install-cni", "--bin-dir", str(bin_dir), "--names", "aws-cni",
-         "--server-socket", str(server_socket)],
-        check=True,
-        capture_output=True,
-    )  # fmt: skip
-    return bin_dir / "aws-cni"
 
 
 def exec_ms(argv: list[str], runs: int = 15, check: bool = True, **kw: Any) -> float:
@@ -129,7 +120,7 @@ def run(n: int, ipamd_bin: Path | None, vpccni: Path, profile: Path | None = Non
     ):
         work = Path(tmp)
         server_socket = work / "run" / "plugin.sock"
-        plugin = install_launcher(vpccni, work / "bin", server_socket)
+        plugin = install_launcher(work / "bin", server_socket, vpccni)
         # Both variants, the breakdown pods and the RTT probes: none waits for an address
         # (released ones cool down).  m5.4xlarge holds 232.
         warm = min(2 * n + 70, 230)

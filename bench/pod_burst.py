@@ -33,14 +33,12 @@ if str(_REPO) not in sys.path:
     sys.path.insert(0, str(_REPO))
 
 from bench.anchor_ptp import percentile  # noqa: E402
-from bench.pod_add_del import install_launcher  # noqa: E402
 from tests.support import ipamd as ipamd_support  # noqa: E402
 from tests.support.cnictl import GO_PLUGIN_DIR  # noqa: E402
 from tests.support.ipamd import Ec2CallCounter  # noqa: E402
 from tests.support.simnode import Pod  # noqa: E402
 from tests.support.simnode import SimNode  # noqa: E402
-
-VPCCNI = Path(sys.executable).parent / "vpccni"
+from tests.support.simnode import install_launcher  # noqa: E402
 
 
 def call_counter(sim: Any, stack: contextlib.ExitStack) -> Callable[[], dict[str, int]]:
@@ -76,7 +74,7 @@ def run(n: int, parallel: int, latency: float, instance_type: str, server: bool 
         socket_path = Path(tmp) / "run" / "plugin.sock"
         if server:
             # What a node runs: install-cni's launcher, handing commands to the plugin server.
-            launcher = install_launcher(VPCCNI, Path(tmp) / "bin", socket_path)
+            launcher = install_launcher(Path(tmp) / "bin", socket_path)
             cni_path = [str(launcher.parent), str(GO_PLUGIN_DIR)]
         node = SimNode(
             sim, "node0", Path(tmp), {"AWS_VPC_K8S_CNI_LOGLEVEL": "info"}, cni_path=cni_path

@@ -134,6 +134,19 @@ def call_ms(call: CniCall) -> float:
     return call.elapsed_ms if call.elapsed_ms is not None else call.wall_ms
 
 
+def install_launcher(bin_dir: Path, server_socket: Path, vpccni: Path | None = None) -> Path:
+    """The aws-cni launcher `vpccni install-cni` (this venv's, or ``vpccni``) writes for a
+    node whose plugin server listens on ``server_socket``: what kubelet would execute."""
+    vpccni = vpccni or Path(sys.executable).parent / "vpccni"
+    subprocess.run(
+        [str(vpccni), "install-cni", "--bin-dir", str(bin_dir), "--names", "aws-cni",
+         "--server-socket", str(server_socket)],
+        check=True,
+        capture_output=True,
+    )  # fmt: skip
+    return bin_dir / "aws-cni"
+
+
 class SimNode:
     """One simulated node as kubelet sees it: ipamd running, a conflist, pods via libcni."""
 
