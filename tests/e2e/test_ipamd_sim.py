@@ -457,9 +457,10 @@ def test_conflist_appears_once_ipamd_serves(
     sim = sim_factory(nodes=1)
     conf_dir = tmp_path / "net.d"
     env = {"HOST_CNI_CONFDIR_PATH": str(conf_dir), "AWS_VPC_K8S_CNI_VETHPREFIX": "pod"}
-    with IpamdProcess(sim, "node0", tmp_path, env) as ipamd:
-        ipamd.wait_pool(1, 9)
+    with IpamdProcess(sim, "node0", tmp_path, env):
         written = conf_dir / "10-aws.conflist"
+        # Written right after the gRPC server starts serving, which is what the start waited for.
+        wait_for("10-aws.conflist", written.exists)
         conflist = json.loads(written.read_text())
         assert [p["type"] for p in conflist["plugins"]] == ["aws-cni", "egress-cni", "portmap"]
         assert conflist["plugins"][0]["vethPrefix"] == "pod"
