@@ -39,7 +39,7 @@ from vpccni.ipamd.snat.model import Randomize
 from vpccni.ipamd.snat.model import ReturnRule
 from vpccni.ipamd.snat.model import Runner
 from vpccni.ipamd.snat.model import SnatError
-from vpccni.ipamd.snat.model import sync_host_rule
+from vpccni.ipamd.snat.model import apply_then_sync_host_rule
 
 Rule = tuple[str, ...]  # the tokens after "-A <chain>"
 
@@ -221,18 +221,10 @@ class IptablesBackend:
         return "\n".join(out) + "\n" if out else ""
 
     def sync(self, desired: DesiredRules, *, host_rule: bool = True) -> bool:
-        script = self.plan(desired)
-        if script:
-            # -w: legacy iptables serialises writers on /run/xtables.lock (kube-proxy too).
-            wait: Sequence[str] = ["-w"] if self.mode == "legacy" else []
-            try:
-                self.runner.run([self._cmd("restore"), "--noflush", *wait], stdin=script)
-            except SnatError as exc:
-                raise SnatError(f"{exc}\ninput was:\n{script}") from exc
-        changed = bool(script)
-        if host_rule:
-            changed = sync_host_rule(self.runner, desired.ip_rule_mark) or changed
-        return changed
+        # -w: legacy iptables serialises writers on /run/xtables.lock (kube-proxy too).
+        wait: Sequence[str] = ["-w"] if self.mode == "legacy" else []
+        argv = [self._cmd("restore"), "--noflush", *wait]
+        return apply_then_sync_host_rule(self.runner, argv, self.plan(desired), desired, host_rule)
 
     def remove(self) -> bool:
         return self.sync(NOTHING)

@@ -299,6 +299,27 @@ def _current_host_rules(runner: Runner) -> list[dict[str, Any]]:
     return [r for r in rules if r.get("priority") == HOST_RULE_PRIORITY and "fwmark" in r]
 
 
+def apply_then_sync_host_rule(
+    runner: Runner,
+    argv: Sequence[str],
+    script: str,
+    desired: DesiredRules,
+    host_rule: bool,
+) -> bool:
+    """The tail every backend's ``sync`` shares: feed ``script`` (the backend's one atomic
+    transaction, "" = nothing to change) to ``argv``, then converge the fwmark rule.
+    Returns True when anything changed."""
+    if script:
+        try:
+            runner.run(argv, stdin=script)
+        except SnatError as exc:
+            raise SnatError(f"{exc}\ninput was:\n{script}") from exc
+    changed = bool(script)
+    if host_rule:
+        changed = sync_host_rule(runner, desired.ip_rule_mark) or changed
+    return changed
+
+
 def sync_host_rule(runner: Runner, mark: int | None) -> bool:
     """Converge to exactly one ``fwmark <mark>/<mark> lookup main`` at priority 1024, or none
     when ``mark`` is None. Returns True when something changed. Replies to pods on secondary

@@ -41,8 +41,7 @@ from vpccni.ipamd.snat.model import DesiredRules
 from vpccni.ipamd.snat.model import Randomize
 from vpccni.ipamd.snat.model import ReturnRule
 from vpccni.ipamd.snat.model import Runner
-from vpccni.ipamd.snat.model import SnatError
-from vpccni.ipamd.snat.model import sync_host_rule
+from vpccni.ipamd.snat.model import apply_then_sync_host_rule
 
 FAMILY = "ip"
 TABLE = "aws-cni"
@@ -217,16 +216,9 @@ class NftablesBackend:
 
     def sync(self, desired: DesiredRules, *, host_rule: bool = True) -> bool:
         cmds = self.plan(desired)
-        if cmds:
-            script = json.dumps({"nftables": cmds})
-            try:
-                self.runner.run(["nft", "-j", "-f", "-"], stdin=script)
-            except SnatError as exc:
-                raise SnatError(f"{exc}\ninput was:\n{script}") from exc
-        changed = bool(cmds)
-        if host_rule:
-            changed = sync_host_rule(self.runner, desired.ip_rule_mark) or changed
-        return changed
+        script = json.dumps({"nftables": cmds}) if cmds else ""
+        argv = ["nft", "-j", "-f", "-"]
+        return apply_then_sync_host_rule(self.runner, argv, script, desired, host_rule)
 
     def remove(self) -> bool:
         return self.sync(NOTHING)
