@@ -355,6 +355,10 @@ class Ec2Api:
         self.stats = ApiStats(observer)
         self._clock = clock
         self._detach_wait = {"Delay": detach_poll_seconds, "MaxAttempts": detach_poll_attempts}
+        #: ENIs this process created or meant to free but could not delete (EC2 refused even
+        #: after botocore's retries).  The pool manager retries them every cycle instead of
+        #: leaving them to the hourly leaked-ENI sweep.
+        self.undeleted: set[str] = set()
         config = botocore.config.Config(
             region_name=region,
             # total_max_attempts, not max_attempts: botocore reads the latter as retries
@@ -628,13 +632,13 @@ class Ec2Api:
         try:
             self.delete_eni(eni_id)
         except Ec2Error:
-            pass  # the leaked-ENI sweep removes it later; the caller sees the original error
+            self.undeleted.add(eni_id)  # retried later; the caller sees the original error
 
     def _free_quietly(self, eni_id: str, attachment_id: str) -> None:
         try:
             self.free_eni(eni_id, attachment_id)
         except Ec2Error:
-            pass  # as above
+            self.undeleted.add(eni_id)  # as above
 
     def free_eni(self, eni_id: str, attachment_id: str | None = None) -> None:
         """Detach (if attached) and delete. An ENI that is already gone is not an error."""

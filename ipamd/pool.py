@@ -497,6 +497,7 @@ class PoolManager:
             self.publish_metrics()
             return
         if not self.config.disable_network_resource_provisioning:
+            self._guard("retryUndeletedENIs", self.retry_undeleted_enis)
             self._guard("updateIPPoolIfRequired", self.update_pool)
             self._guard("freeOtherModeCidrs", self.free_other_mode_cidrs)
         if time.monotonic() - self._last_reconcile >= self.config.reconcile_interval:
@@ -819,9 +820,29 @@ class PoolManager:
             return
         meta = self._enis.pop(eni_id, None)
         log.info("freeing %s", eni_id)
-        ec2.free_eni(eni_id)
         if meta is not None:
+            # The datastore no longer has it: its host side goes now, whatever EC2 says.
             self._teardown(meta)
+        try:
+            ec2.free_eni(eni_id)
+        except Ec2Error:
+            ec2.undeleted.add(eni_id)  # detached or not, retried every cycle until gone
+            raise
+
+    def retry_undeleted_enis(self) -> None:
+        """Finish freeing ENIs whose detach or delete EC2 refused earlier (throttling past
+        botocore's retries, a transient error): upstream leaves them to the hourly leaked-ENI
+        sweep, which only touches ENIs older than 5 minutes; we retry every cycle."""
+        ec2 = self.ec2
+        if ec2 is None or not ec2.undeleted or not self._may_change_enis():
+            return
+        for eni_id in sorted(ec2.undeleted):
+            if eni_id in self._enis:  # adopted again (reconcile): not ours to delete
+                ec2.undeleted.discard(eni_id)
+                continue
+            ec2.free_eni(eni_id)  # detaches if still attached; NotFound = already gone
+            ec2.undeleted.discard(eni_id)
+            log.info("freed %s, which EC2 had refused to delete before", eni_id)
 
     def _teardown(self, meta: EniMetadata) -> None:
         try:

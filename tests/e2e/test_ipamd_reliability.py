@@ -27,6 +27,7 @@ from tests.support.ipamd import available_enis
 from tests.support.ipamd import ec2_disagreements
 from tests.support.ipamd import key
 from tests.support.ipamd import run_kill9_chaos
+from tests.support.ipamd import wait_for
 from vpccni.ipamd.ec2 import TAG_INSTANCE_ID
 from vpccni.ipamd.ec2 import Ec2Api
 from vpccni.ipamd.ec2 import Ec2Error
@@ -111,8 +112,10 @@ def test_every_pod_served_and_no_eni_leaked_under_30_percent_throttling(
         assert ipamd.metric("awscni_assigned_ip_addresses") == 0
         # No leak: every ENI tagged for this instance is attached to it and known to ipamd.
         known = set(ipamd.introspect("/v1/enis")["0"]["ENIs"])
+        # An ENI whose detach/delete EC2 refused past botocore's retries is retried by the
+        # pool manager every cycle (not left to the hourly leaked-ENI sweep).
+        wait_for("every ENI ipamd let go deleted", lambda: not available_enis(ipamd))
         tagged = _tagged_enis(sim, ipamd.instance_id())
-        assert available_enis(ipamd) == [], "ENIs left behind, detached"
         assert set(tagged) == known, (tagged, known)
         assert all(attached == ipamd.instance_id() for attached in tagged.values()), tagged
         # Each EC2 call reached the metrics one at a time, throttled retries included in
@@ -123,6 +126,36 @@ def test_every_pod_served_and_no_eni_leaked_under_30_percent_throttling(
     finally:
         faults.clear()
         ipamd.stop()
+
+
+def test_eni_whose_delete_ec2_refused_is_deleted_on_a_later_cycle(
+    sim_factory: Callable[..., SimHandle], tmp_path: Path
+) -> None:
+    sim = sim_factory(nodes=1)  # m5.large: 9 pod addresses per ENI, 12 pods need two ENIs
+    faults = sim.emulator.faults
+    env = {"WARM_IP_TARGET": "2", "VPCCNI_EC2_MAX_ATTEMPTS": "2"}
+    with IpamdProcess(sim, "node0", tmp_path, env) as ipamd:
+        for n in range(12):
+            allocate_retrying(ipamd, n, timeout=120)
+        assert ipamd.ec2_pool()[0] == 2
+        faults.set_throttle("DeleteNetworkInterface", 1.0)
+        try:
+            for n in range(12):
+                assert ipamd.client.release(key(n)) is not None
+            # Cooldown, then the emptied ENI is detached; EC2 refuses every delete.
+            leftover = wait_for("an ENI detached but not deleted", lambda: available_enis(ipamd))
+            assert ipamd.ec2_pool()[0] == 1
+            # Both attempts botocore may make (VPCCNI_EC2_MAX_ATTEMPTS=2) were refused: that
+            # free has failed for good, and only a later retry can delete the ENI.
+            wait_for(
+                "the delete refused twice",
+                lambda: sim.emulator.stats.throttled().get("DeleteNetworkInterface", 0) >= 2,
+            )
+        finally:
+            faults.set_throttle("DeleteNetworkInterface", 0.0)
+        wait_for("the refused ENI deleted", lambda: not available_enis(ipamd))
+        with sim.emulator.lock:
+            assert not set(leftover) & set(sim.emulator.backend.enis), leftover
 
 
 class _Thread:
