@@ -256,11 +256,6 @@ def random_mac(taken: Iterable[str] = ()) -> str:
     raise RuntimeError(f"no unique MAC after {MAC_ATTEMPTS} attempts")
 
 
-def host_macs(host: Any) -> list[str]:
-    """The MAC of every link of the host handle's namespace (this process's)."""
-    return [mac for _index, _name, mac in host_links()]
-
-
 def host_links() -> list[tuple[int, str, str]]:
     """(index, name, MAC or "") of every link of this process's namespace (one dump)."""
     links = []
