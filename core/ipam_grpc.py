@@ -32,6 +32,56 @@ DEFAULT_SOCKET = "/var/run/aws-node/ipamd.sock"
 #: Sent in every request; ipamd refuses another API version with FAILED_PRECONDITION.
 CLIENT_VERSION = "vpccni.ipamd.v1"
 
+#: Channels opened ahead of the request (a plugin-server child connects to ipamd while it
+#: waits for work: ~5-12 ms of a served ADD), by socket path.  The first client for that
+#: socket takes its channel.
+_prepared: dict[str, grpc.Channel] = {}
+#: The socket of the last client this process built (a plugin-server child reports it, so
+#: the server's next children prepare a channel to the socket the configuration names).
+last_socket: str | None = None
+
+
+def _connectivity(channel: grpc.Channel, try_to_connect: bool) -> grpc.ChannelConnectivity | None:
+    """The channel's state, asking grpc core directly.  NOTE: not ``channel.subscribe``:
+    its polling thread wakes every 200 ms and ``close()`` waits for it (up to 200 ms per
+    ADD, measured).  ``check_connectivity_state`` is grpc's internal channel API (what
+    subscribe itself calls); where it is missing, nothing is prepared."""
+    check = getattr(getattr(channel, "_channel", None), "check_connectivity_state", None)
+    if check is None:
+        return None
+    from grpc import _common  # noqa: PLC0415
+
+    states: dict[int, grpc.ChannelConnectivity] = (
+        _common.CYGRPC_CONNECTIVITY_STATE_TO_CHANNEL_CONNECTIVITY
+    )
+    return states.get(check(try_to_connect))
+
+
+def prepare_channel(socket_path: str) -> None:
+    """Start connecting to ipamd at ``socket_path`` now, in the background (grpc's own
+    threads); a later :class:`GrpcIpamClient` for the same socket uses the connection if
+    it is ready by then.  Never blocks and never fails: no ipamd = no prepared channel."""
+    if socket_path in _prepared:
+        return
+    channel = grpc.insecure_channel(f"unix://{socket_path}")
+    if _connectivity(channel, try_to_connect=True) is None:
+        channel.close()
+        return
+    _prepared[socket_path] = channel
+
+
+def _take_prepared(socket_path: str) -> grpc.Channel | None:
+    """The prepared channel for ``socket_path`` if it is connected right now, else None.
+    A channel in back-off (ipamd restarted since it connected) would fail the call at
+    once, so it is dropped and the caller opens a fresh one, as without preparation."""
+    channel = _prepared.pop(socket_path, None)
+    if channel is None:
+        return None
+    if _connectivity(channel, try_to_connect=False) is grpc.ChannelConnectivity.READY:
+        return channel
+    channel.close()
+    return None
+
 
 class GrpcIpamClient:
     def __init__(
@@ -45,19 +95,37 @@ class GrpcIpamClient:
         self.client_version = client_version
         self._channel: grpc.Channel | None = None
         self._stub: Any = None
+        self._prepared = False
+        global last_socket
+        last_socket = socket_path
 
     def _backend(self) -> Any:
         if self._stub is None:
-            self._channel = grpc.insecure_channel(f"unix://{self.socket_path}")
+            channel = _take_prepared(self.socket_path)
+            self._prepared = channel is not None
+            if channel is None:
+                channel = grpc.insecure_channel(f"unix://{self.socket_path}")
+            self._channel = channel
             # grpc_tools generates untyped stubs (no mypy-grpc plugin here).
-            self._stub = pb_grpc.IpamBackendStub(self._channel)  # type: ignore[no-untyped-call]
+            self._stub = pb_grpc.IpamBackendStub(channel)  # type: ignore[no-untyped-call]
         return self._stub
 
     def _call(self, method: str, request: Any) -> Any:
         try:
-            return getattr(self._backend(), method)(
-                request, timeout=self.timeout_s, wait_for_ready=False
-            )
+            try:
+                return getattr(self._backend(), method)(
+                    request, timeout=self.timeout_s, wait_for_ready=False
+                )
+            except grpc.RpcError as exc:
+                if not (self._prepared and exc.code() is grpc.StatusCode.UNAVAILABLE):
+                    raise
+                # The prepared connection died between its READY and this call (ipamd
+                # restarted): once more on a fresh channel, as an unprepared client would
+                # have done.  Every ipamd method is idempotent per attachment.
+                self.close()
+                return getattr(self._backend(), method)(
+                    request, timeout=self.timeout_s, wait_for_ready=False
+                )
         except grpc.RpcError as exc:
             raise _to_ipam_error(exc, self.socket_path) from None
 
@@ -101,6 +169,7 @@ class GrpcIpamClient:
             self._channel.close()
             self._channel = None
             self._stub = None
+        self._prepared = False
 
 
 _BY_CODE = {

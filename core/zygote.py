@@ -58,7 +58,11 @@ PRESTART_TIMEOUT_S = 3.0
 #: How long a child waits for a request and for "go" (a stuck launcher must not pin it).
 CHILD_HANDSHAKE_TIMEOUT_S = 10.0
 MAX_REQUEST = 1 << 20
-#: Concurrent children beyond which new connections are closed at once (-> fallback).
+#: Children kept forked and waiting in accept(): a request never waits for a fork.
+IDLE_CHILDREN = 2
+#: Children alive at once (idle + serving).  At the limit no child is forked until one
+#: ends; new connections wait in the listen backlog (a launcher gives up after
+#: PRESTART_TIMEOUT_S and runs the command itself).
 MAX_CHILDREN = 256
 NETNS_PATH = "/proc/self/ns/net"
 #: In the plugin's environment: the child writes a cProfile of the command to "<value>.<pid>".
@@ -371,10 +375,22 @@ class _suppress_missing:
         return kind is not None and issubclass(kind, FileNotFoundError)
 
 
-def serve(path: str, log: Any, *, ready: Any = None) -> int:
-    """Preload, listen on ``path``, fork a child per connection until SIGTERM/SIGINT."""
+def serve(
+    path: str,
+    log: Any,
+    *,
+    ready: Any = None,
+    idle: int = IDLE_CHILDREN,
+    ipamd_socket: str | None = None,
+) -> int:
+    """Preload, listen on ``path`` and keep ``idle`` forked children waiting in accept()
+    until SIGTERM/SIGINT.  A child serves one request and exits; the server forks its
+    replacement as soon as the child reports it took a connection, so no request waits
+    for a fork.  ``ipamd_socket``: the ipamd socket idle children connect to ahead of
+    their request (default: the one the last request's configuration named)."""
     import gc  # noqa: PLC0415
     import os  # noqa: PLC0415
+    import select  # noqa: PLC0415
     import signal  # noqa: PLC0415
 
     preload(log)
@@ -391,15 +407,23 @@ def serve(path: str, log: Any, *, ready: Any = None) -> int:
     inode = os.stat(path).st_ino
     netns = os.stat(NETNS_PATH)
     log.info(
-        "plugin server pid %d listening on %s (netns %d:%d)",
+        "plugin server pid %d listening on %s (netns %d:%d), %d idle children",
         os.getpid(),
         path,
         netns.st_dev,
         netns.st_ino,
+        idle,
     )
-    children: set[int] = set()
+    # Children tell the server "took a connection" and "the ipamd socket I used" here.
+    events_r, events_w = os.pipe2(os.O_CLOEXEC)
+    # Signals wake the loop at once (SIGCHLD: respawn; SIGTERM: stop).
+    wake_r, wake_w = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
+    waiting: set[int] = set()  # forked, not yet reported a connection
+    busy: set[int] = set()
     exited: list[tuple[int, int]] = []
     stopping: list[int] = []
+    learned = [ipamd_socket]
+    parent = os.getpid()
 
     def reap(_signum: int, _frame: Any) -> None:
         # No logging here: a signal handler may interrupt logging itself.
@@ -410,67 +434,143 @@ def serve(path: str, log: Any, *, ready: Any = None) -> int:
                 return
             if pid == 0:
                 return
-            children.discard(pid)
             exited.append((pid, status))
 
     def stop(signum: int, _frame: Any) -> None:
         stopping.append(signum)
 
+    def spawn() -> None:
+        try:
+            pid = os.fork()
+        except OSError as exc:
+            log.error("fork failed: %r", exc)
+            return
+        if pid == 0:
+            signal.set_wakeup_fd(-1)  # before closing it: the fd number gets reused
+            os.close(events_r)
+            os.close(wake_r)
+            os.close(wake_w)
+            _idle_child(listener, events_w, log, parent, learned[0])  # never returns
+        waiting.add(pid)
+
     signal.signal(signal.SIGCHLD, reap)
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
-    listener.settimeout(0.5)  # wake up now and then to log exits and notice a stop
+    old_wakeup = signal.set_wakeup_fd(wake_w)
+    pending = b""
     if ready is not None:
         ready()
     try:
         while not stopping:
+            idle_deaths = 0
             while exited:
                 pid, status = exited.pop()
-                if status != 0:
-                    log.warning("child %d ended abnormally: wait status %#x", pid, status)
-            try:
-                conn, _ = listener.accept()
-            except TimeoutError:
-                continue
-            except InterruptedError:
-                continue
-            if len(children) >= MAX_CHILDREN:
-                log.warning("%d requests in flight: refusing one (it falls back)", len(children))
-                conn.close()
-                continue
-            try:
-                pid = os.fork()
-            except OSError as exc:
-                log.error("fork failed: %r", exc)
-                conn.close()
-                continue
-            if pid == 0:
-                _child(conn, listener, log)  # never returns
-            children.add(pid)
-            conn.close()
+                if pid in waiting:
+                    idle_deaths += 1
+                    waiting.discard(pid)
+                    log.warning("idle child %d ended: wait status %#x", pid, status)
+                else:
+                    busy.discard(pid)
+                    if status != 0:
+                        log.warning("child %d ended abnormally: wait status %#x", pid, status)
+            if not idle_deaths:
+                # Children dying before any request: do not fork in a tight loop.
+                while len(waiting) < idle and len(waiting) + len(busy) < MAX_CHILDREN:
+                    spawn()
+            ready_fds, _, _ = select.select([events_r, wake_r], [], [], 0.5)
+            if wake_r in ready_fds:
+                _drain(wake_r)
+            if events_r in ready_fds:
+                pending += os.read(events_r, 65536)
+                *lines, pending = pending.split(b"\n")
+                for line in lines:
+                    kind, value = line[:1], line[1:]
+                    if kind == b"T" and int(value) in waiting:
+                        waiting.discard(int(value))
+                        busy.add(int(value))
+                    elif kind == b"I":
+                        learned[0] = value.decode("utf-8", "surrogateescape")
     finally:
-        listener.close()
+        signal.set_wakeup_fd(old_wakeup)
         try:
             if os.stat(path).st_ino == inode:  # still ours: a newer server may own the path
                 os.unlink(path)
         except OSError:
             pass
-        log.info("plugin server stopped; %d requests still running finish alone", len(children))
+        # Wakes every child blocked in accept() (EINVAL): idle children exit; a child that
+        # already took a connection finishes its request alone.
+        with _suppress_missing():
+            listener.shutdown(2)  # SHUT_RDWR
+        listener.close()
+        log.info("plugin server stopped; %d requests still running finish alone", len(busy))
     return 0
 
 
-def _child(conn: Any, listener: Any, log: Any) -> None:
-    """One request, in a fresh fork of the server.  Never returns: os._exit."""
-    import fcntl  # noqa: PLC0415
+def _drain(fd: int) -> None:
+    import os  # noqa: PLC0415
+
+    try:
+        while os.read(fd, 4096):
+            pass
+    except BlockingIOError:
+        pass
+
+
+PR_SET_PDEATHSIG = 1
+
+
+def _idle_child(listener: Any, events: int, log: Any, parent: int, ipamd: str | None) -> None:
+    """A fork waiting for one connection.  Never returns: os._exit."""
     import os  # noqa: PLC0415
     import signal  # noqa: PLC0415
 
-    code = 0
     try:
         # A fresh interpreter's signal dispositions, before anything can fork or wait.
         signal.signal(signal.SIGCHLD, signal.SIG_DFL)
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
         signal.signal(signal.SIGINT, signal.default_int_handler)
+        # While idle, die with the server: an orphan would keep the socket answering (and a
+        # restarted server would find it "in use").  Cleared once a request is taken.
+        _prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+        if os.getppid() != parent:
+            os._exit(0)
+        if ipamd and os.path.exists(ipamd):
+            from vpccni.core import ipam_grpc  # noqa: PLC0415
+
+            ipam_grpc.prepare_channel(ipamd)
+        listener.settimeout(None)
+        while True:
+            try:
+                conn, _ = listener.accept()
+                break
+            except InterruptedError:
+                continue
+            except OSError:
+                os._exit(0)  # the server shut the listener down: stopping
+        _prctl(PR_SET_PDEATHSIG, 0)
+        os.write(events, b"T%d\n" % os.getpid())
+    except BaseException as exc:  # noqa: BLE001
+        try:
+            log.error("idle child failed: %r", exc)
+        finally:
+            os._exit(70)
+    _child(conn, listener, log, events)
+
+
+def _prctl(option: int, value: int) -> None:
+    import ctypes  # noqa: PLC0415 - preloaded by netns._libc_setns in the server
+
+    if ctypes.CDLL(None, use_errno=True).prctl(option, value, 0, 0, 0) != 0:
+        raise OSError(ctypes.get_errno(), "prctl")
+
+
+def _child(conn: Any, listener: Any, log: Any, events: int) -> None:
+    """One request, in a fork of the server that took it.  Never returns: os._exit."""
+    import fcntl  # noqa: PLC0415
+    import os  # noqa: PLC0415
+
+    code = 0
+    try:
         listener.close()
         conn.settimeout(CHILD_HANDSHAKE_TIMEOUT_S)
         request = _receive(conn)
@@ -505,6 +605,7 @@ def _child(conn: Any, listener: Any, log: Any) -> None:
         conn.settimeout(None)
         preloaded = set(sys.modules) if log.isEnabledFor(10) else None  # 10: DEBUG
         status, stdout = _run(out)
+        _report_ipamd_socket(events)
         if preloaded is not None:
             # What PRELOAD misses (each costs every request): the list to extend.
             late = sorted(set(sys.modules) - preloaded)
@@ -526,6 +627,20 @@ def _child(conn: Any, listener: Any, log: Any) -> None:
         os._exit(code)
 
 
+def _report_ipamd_socket(events: int) -> None:
+    """Tell the server which ipamd socket this request's configuration named, so its next
+    idle children connect there ahead of their request."""
+    import os  # noqa: PLC0415
+
+    ipam_grpc = sys.modules.get("vpccni.core.ipam_grpc")
+    used = getattr(ipam_grpc, "last_socket", None)
+    if used and len(used) < 1024 and "\n" not in used:
+        try:
+            os.write(events, b"I" + used.encode("utf-8", "surrogateescape") + b"\n")
+        except OSError:
+            pass  # the server is gone: nothing to learn
+
+
 def _receive(conn: Any) -> tuple[list[int], list[bytes], dict[bytes, bytes], bytes, int,
                                   str | None] | None:  # fmt: skip
     """(fds, argv, env, cwd, umask, refusal or None), or None for a broken request."""
@@ -534,6 +649,8 @@ def _receive(conn: Any) -> tuple[list[int], list[bytes], dict[bytes, bytes], byt
     import struct  # noqa: PLC0415
 
     data, fds, _flags, _addr = socket.recv_fds(conn, 65536, 3)
+    if not data and not fds:
+        return None  # connected and closed: a liveness probe, not a broken launcher
     try:
         while len(data) < 4 or len(data) < 4 + int.from_bytes(data[:4], "big"):
             if len(data) >= 4 and int.from_bytes(data[:4], "big") > MAX_REQUEST:

@@ -16,6 +16,7 @@ import re
 import signal
 import socket
 import stat
+import struct
 import subprocess
 import threading
 import time
@@ -33,6 +34,7 @@ from tests.support.plugin import Call
 from tests.support.plugin import cni_env
 from tests.support.plugin import fake_conf
 from tests.support.plugin import run_exec
+from vpccni.core.zygote import IDLE_CHILDREN
 
 pytestmark = pytest.mark.netns
 
@@ -70,6 +72,11 @@ def children_of(pid: int) -> list[int]:
             if re.search(rf"^PPid:\s+{pid}$", status, re.M):
                 found.append(int(entry))
     return found
+
+
+def peer_pid(conn: socket.socket) -> int:
+    cred = conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+    return int(struct.unpack("3i", cred)[0])
 
 
 def zombies_of(pid: int) -> list[int]:
@@ -348,8 +355,9 @@ def test_a_request_lost_mid_way_is_a_999_error_without_traceback(node: Node, who
         # The child's gRPC channel connecting to "ipamd": it is past "go", mid-command.
         ipamd.settimeout(60)
         rpc, _ = ipamd.accept()
-        victims = children_of(server.pid)
-        assert len(victims) == 1
+        # The child serving the request is the one connected to "ipamd" (the others idle).
+        victims = [peer_pid(rpc)]
+        assert victims[0] in children_of(server.pid)
         if who_dies == "server and child":
             victims.append(server.pid)
         for pid in victims:
@@ -391,9 +399,12 @@ def test_ten_concurrent_requests_are_all_served_and_reaped(node: Node) -> None:
             assert len([n for n in host_links(node.netns) if n.startswith("eni")]) == 10
     assert not any(name.startswith("eni") for name in host_links(node.netns))
     assert server.log_text().count("imported after the fork") == 20
-    # Every child has been reaped: none left, zombie or otherwise.
-    wait_until("the children to be reaped", lambda: not children_of(server.pid), timeout=10)
-    assert zombies_of(server.pid) == []
+    # Every child that served has been reaped: what is left are the idle ones, no zombie.
+    wait_until(
+        "the children to be reaped",
+        lambda: len(children_of(server.pid)) == IDLE_CHILDREN and not zombies_of(server.pid),
+        timeout=10,
+    )
 
 
 def test_version_is_answered_by_the_launcher_itself(node: Node) -> None:
@@ -403,3 +414,79 @@ def test_version_is_answered_by_the_launcher_itself(node: Node) -> None:
     served = node.call("VERSION", b'{"cniVersion": "0.4.0"}', via_server=True, env=env)
     assert served.result["cniVersion"] == "0.4.0"
     assert server.log_text().count("imported after the fork") == before
+
+
+def test_idle_children_wait_ready_and_end_with_the_server(node: Node) -> None:
+    server = node.server()
+    wait_until("the idle children", lambda: len(children_of(server.pid)) == IDLE_CHILDREN)
+    idle = children_of(server.pid)
+    conf = fake_conf(node.tmp, "1.0.0")
+    pod = node.pod()
+    assert node.call("ADD", conf, via_server=True, pod=pod).ok
+    # One of them served it and is gone; a replacement waits in its place.
+    wait_until(
+        "a replacement child",
+        lambda: (
+            len(children_of(server.pid)) == IDLE_CHILDREN
+            and set(children_of(server.pid)) != set(idle)
+        ),
+    )
+    waiting = children_of(server.pid)
+    server.stop()
+    wait_until("the idle children to exit", lambda: not any(alive(p) for p in waiting), 10)
+    assert not node.sock.exists()
+
+
+def test_a_killed_server_takes_its_idle_children_along_and_can_be_restarted(node: Node) -> None:
+    server = node.server()
+    wait_until("the idle children", lambda: len(children_of(server.pid)) == IDLE_CHILDREN)
+    idle = children_of(server.pid)
+    os.kill(server.pid, signal.SIGKILL)
+    server.proc.wait(10)
+    # An orphan still accepting would keep answering on the socket and make a new server
+    # think the path is in use.
+    wait_until("the idle children to die", lambda: not any(alive(p) for p in idle), 10)
+    assert node.sock.exists()
+    assert not connectable(node.sock)
+    conf = fake_conf(node.tmp, "1.0.0")
+    pod = node.pod()
+    assert node.call("ADD", conf, via_server=True, pod=pod).ok  # falls back at once
+    again = node.server()
+    assert node.call("DEL", conf, via_server=True, pod=pod).ok
+    assert "imported after the fork" in again.log_text()
+
+
+def test_idle_children_connect_to_the_ipamd_socket_requests_use(node: Node) -> None:
+    ipamd_sock = node.tmp / "ipamd.sock"
+    ipamd = _hanging_ipamd(ipamd_sock)
+    server = node.server()
+    try:
+        conf = fake_conf(node.tmp, "1.0.0", driver="routed_eni")
+        conf["ipamd"] = {"socket": str(ipamd_sock), "timeoutSeconds": 1}
+        pod = node.pod()
+        # Each served request reports its ipamd socket; children forked afterwards
+        # connect there while they wait for work.  Nobody answers here: code 11.
+        ipamd.settimeout(0.2)
+        for _ in range(IDLE_CHILDREN + 1):
+            call = node.call("ADD", conf, via_server=True, pod=pod)
+            assert call.code == 11, call.stdout
+        connected: set[int] = set()
+        deadline = time.monotonic() + 10
+        waiting: set[int] = set()
+        while time.monotonic() < deadline and not (waiting and waiting <= connected):
+            with contextlib.suppress(TimeoutError):
+                conn, _ = ipamd.accept()
+                connected.add(peer_pid(conn))
+            waiting = set(children_of(server.pid))
+        assert waiting
+        assert waiting <= connected, (waiting, connected)
+    finally:
+        ipamd.close()
+
+
+def alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return False
+    return not re.search(r"^State:\s+Z", state, re.M)
