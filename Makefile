@@ -9,7 +9,7 @@ PYTEST_ARGS ?=
 # partners and speed anchor), podman with runc and a static busybox for a real runtime.
 APT_PACKAGES := iproute2 iputils-ping nftables iptables conntrack \
 	golang-go golang-github-appc-cni-dev containernetworking-plugins \
-	podman runc busybox-static
+	podman runc busybox-static gcc libc6-dev
 
 .PHONY: test demo deps install lint typecheck bench clean
 

@@ -3,19 +3,21 @@ with the launcher running the command itself ("direct") and through ``vpccni plu
 
 One simulated node (m5.4xlarge: room for the whole run in the warm pool) with
 ``vpccni-ipamd`` inside it and WARM_IP_TARGET above the pod count, so no ADD waits for EC2.
-The plugin is what a node would run: the launcher ``vpccni install-cni --bin-dir DIR``
-writes, found by libcni on CNI_PATH, run two ways in the same run: "direct" (the launcher
-imports the runtime and runs the command) and "via plugin-server" (a ``vpccni plugin-server``
-in the node namespace forks a pre-imported child per command; docs/plugin-server.md); the
-variant is chosen per call by ``VPCCNI_PLUGIN_SERVER_SOCKET``.  Debian's Go ``ptp`` +
-``host-local`` run through the same libcni program (``cnictl``) in the same run, all three
-interleaved pod by pod, each in its own test-made node namespace.  Printed (ms): p50/p95
-of ADD and DEL (the libcni call, as cnictl measures it: plugin exec included), the ratios
-to Go, and where the plugin's time goes: interpreter start, the import closure of one ADD
-(``python -X importtime``), the command inside the process (the core's ``timing``
-plugin), the ipamd RPC round trip, and what is left for netlink and the driver; for the
-server, the fixed cost of the hand-over (a request that fails at once, code 4) and the
-command in the forked child.
+The plugin is what a node would run: the launchers ``vpccni install-cni --bin-dir DIR``
+writes, found by libcni on CNI_PATH, run in the same run as: "direct" (the Python launcher
+imports the runtime and runs the command), "via plugin-server" with the Python launcher,
+and with the native launcher when install-cni could build it (docs/native-launcher.md;
+the server forks pre-imported children, docs/plugin-server.md).  Debian's Go ``ptp`` +
+``host-local`` run through the same libcni program (``cnictl``) in the same run, all
+interleaved pod by pod, each in its own test-made node namespace.
+
+Printed (ms): p50/p95 of ADD and DEL (the libcni call, as cnictl measures it: plugin exec
+included) with the node's conflist (no plugins), and the ratios to Go.  Then, from
+separate runs with the core's ``timing`` plugin added (the command's own time): where the
+plugin's time goes: interpreter start, the import closure of one ADD (``python -X
+importtime``), the command inside the process, the ipamd RPC round trip, and what is left
+for netlink and the driver; for the server, the fixed cost of launcher + hand-over (a
+request the child refuses at once, code 4) and the command in the forked child.
 
     python bench/pod_add_del.py [-n 60] [--ipamd PATH] [--vpccni PATH] [--profile DIR]
 
@@ -39,6 +41,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -65,7 +68,6 @@ from vpccni.cli.install_cmd import path_setup_source  # noqa: E402
 
 VENV_BIN = Path(sys.executable).parent
 #: The two ways the launcher runs a command; VPCCNI_PLUGIN_SERVER_SOCKET picks one per call.
-VARIANTS = ("direct", "server")
 SOCKET_ENV = "VPCCNI_PLUGIN_SERVER_SOCKET"
 PROFILE_ENV = "VPCCNI_PROFILE"
 TARGET_ADD, TARGET_DEL = 3.0, 2.0
@@ -105,14 +107,39 @@ def import_closure(stderr: str) -> tuple[float, list[tuple[str, float]], list[st
     return total, sorted(tops.items(), key=lambda kv: -kv[1])[:6], names
 
 
+@dataclass(frozen=True)
+class Variant:
+    """One way kubelet's exec of ``aws-cni`` can run: which launcher, server or not."""
+
+    key: str
+    label: str
+    bin_dir: Path
+    server: bool
+
+
+def install_variants(work: Path, server_socket: Path, vpccni: Path) -> list[Variant]:
+    """The launchers ``install-cni`` writes by default (native when it can build or find
+    it, docs/native-launcher.md) and the Python-only ones, and the variants to compare."""
+    default = install_launcher(work / "bin", server_socket, vpccni).parent
+    if not (default / "aws-cni-python").exists():  # no native launcher here
+        return [
+            Variant("direct", "aws-cni direct (exec'd)", default, False),
+            Variant("server", "aws-cni via plugin-server", default, True),
+        ]
+    python = install_launcher(work / "bin-py", server_socket, vpccni, launcher="python").parent
+    return [
+        Variant("direct", "aws-cni direct (exec'd)", python, False),
+        Variant("server_py", "via plugin-server, Python launcher", python, True),
+        Variant("server", "via plugin-server, native launcher", default, True),
+    ]
+
+
 def run(n: int, ipamd_bin: Path | None, vpccni: Path, profile: Path | None = None) -> int:
     from vpccni.sim.fixtures import running_simulator  # heavy (moto): after arg parsing
 
     if ipamd_bin is not None:
         ipamd_support.IPAMD = str(ipamd_bin)  # the module reads it at start()
     cnictl = ensure_cnictl()
-    keys = ("direct_add", "direct_del", "server_add", "server_del", "go_add", "go_del")
-    samples: dict[str, list[float]] = {k: [] for k in keys}
     with (
         tempfile.TemporaryDirectory(prefix="bpd-") as tmp,
         running_simulator(nodes=1, instance_type="m5.4xlarge") as sim,
@@ -120,35 +147,38 @@ def run(n: int, ipamd_bin: Path | None, vpccni: Path, profile: Path | None = Non
     ):
         work = Path(tmp)
         server_socket = work / "run" / "plugin.sock"
-        plugin = install_launcher(work / "bin", server_socket, vpccni)
-        # Both variants, the breakdown pods and the RTT probes: none waits for an address
-        # (released ones cool down).  m5.4xlarge holds 232.
-        warm = min(2 * n + 70, 230)
+        variants = install_variants(work, server_socket, vpccni)
+        by_key = {v.key: v for v in variants}
+        keys = [f"{v.key}_{c}" for v in variants for c in ("add", "del")] + ["go_add", "go_del"]
+        samples: dict[str, list[float]] = {k: [] for k in keys}
+        breakdown_n = min(n, 20)
+        # Every variant's pods, the breakdown pods and the RTT probes: none waits for an
+        # address (released ones cool down).  m5.4xlarge holds 232.
+        warm = min(len(variants) * (n + breakdown_n) + 50, 230)
         node = SimNode(
             sim,
             "node0",
             work,
             {"WARM_IP_TARGET": str(warm), "AWS_VPC_K8S_CNI_LOGLEVEL": "info"},
-            cni_path=[str(plugin.parent), str(GO_PLUGIN_DIR)],
+            cni_path=[str(variants[0].bin_dir), str(GO_PLUGIN_DIR)],
             cnictl=cnictl,
             pod_prefix="bpd" + os.urandom(2).hex(),
         )
         stack.callback(node.close)
         node.start()
         node.start_plugin_server(server_socket, work / "plugin-server.log")
-        # The core's timing plugin: the command's own time, without interpreter start-up.
-        timing = {v: work / f"timing-{v}.jsonl" for v in VARIANTS}
-        conf = json.loads(node.conflist.read_text())
-        conf["plugins"][0]["plugins"] = ["timing"]
-        node.conflist.write_text(json.dumps(conf))
+        timing = {v.key: work / f"timing-{v.key}.jsonl" for v in variants}
 
-        def use(variant: str, command: str | None = None) -> None:
-            socket_env = str(server_socket) if variant == "server" else ""
-            node.ctl.env = {"VPCCNI_TIMING_FILE": str(timing[variant]), SOCKET_ENV: socket_env}
-            if profile is not None and command is not None and variant == "server":
+        def use(variant: Variant, command: str | None = None) -> None:
+            node.ctl.cni_path = [str(variant.bin_dir), str(GO_PLUGIN_DIR)]
+            node.ctl.env = {
+                "VPCCNI_TIMING_FILE": str(timing[variant.key]),
+                SOCKET_ENV: str(server_socket) if variant.server else "",
+            }
+            if profile is not None and command is not None and variant.key == "server":
                 node.ctl.env[PROFILE_ENV] = str(profile / command)
 
-        wait_for("the warm pool", lambda: node.ipamd.pool()[1] >= warm, timeout=120)
+        wait_for("the warm pool", lambda: node.ipamd.pool()[1] >= warm, timeout=180)
 
         go_node = create_netns("bpd-go")
         stack.callback(delete_netns, go_node)
@@ -164,44 +194,56 @@ def run(n: int, ipamd_bin: Path | None, vpccni: Path, profile: Path | None = Non
             stack.callback(delete_netns, ns)
             return ns
 
-        # Warm-up (page cache, first exec, ipamd's first connection), not counted.
-        for tag in ("w0", "w1"):
-            for variant in VARIANTS:
+        # Warm-up (page cache, first exec, ipamd's first connection, the server learning
+        # ipamd's socket), not counted.
+        for tag in ("w0", "w1", "w2"):
+            for variant in variants:
                 use(variant)
-                pod = node.add_pod(f"{tag}{variant[0]}")
+                pod = node.add_pod(f"{tag}{variant.key}")
                 node.delete_pod(pod)
             ns = go_pod(tag)
             go.add(go_conf, ns.path, f"go-{tag}").check()
             go.delete(go_conf, ns.path, f"go-{tag}").check()
-        for path in timing.values():
-            path.unlink(missing_ok=True)
 
-        pods: dict[str, list[Pod]] = {v: [] for v in VARIANTS}
+        # The headline: the conflist as a node has it (no plugins), interleaved pod by pod.
+        pods: dict[str, list[Pod]] = {v.key: [] for v in variants}
+        go_first = len(go_pods)
         for i in range(n):
-            for variant in VARIANTS:
+            for variant in variants:
                 use(variant, "add")
-                pod = node.new_pod(f"{variant[0]}{i}")
+                pod = node.new_pod(f"{variant.key[0]}{variant.key[-1]}{i}")
                 add = node.add(pod)
                 if not add.ok:
                     raise SystemExit(f"ADD {pod.name} failed: {add.stdout} {add.stderr[-300:]}")
-                pods[variant].append(pod)
-                samples[f"{variant}_add"].append(call_ms(add))
+                pods[variant.key].append(pod)
+                samples[f"{variant.key}_add"].append(call_ms(add))
             ns = go_pod(f"g{i}")
             samples["go_add"].append(call_ms(go.add(go_conf, ns.path, f"go-{i}").check()))
         for i in range(n):
-            for variant in VARIANTS:
+            for variant in variants:
                 use(variant, "del")
-                samples[f"{variant}_del"].append(call_ms(node.delete_pod(pods[variant][i])))
-            samples["go_del"].append(call_ms(go.delete(go_conf, go_pods[2 + i].path, f"go-{i}")))
+                samples[f"{variant.key}_del"].append(call_ms(node.delete_pod(pods[variant.key][i])))
+            samples["go_del"].append(
+                call_ms(go.delete(go_conf, go_pods[go_first + i].path, f"go-{i}"))
+            )
 
+        # Where the time goes: the same with the core's timing plugin (the command's own
+        # time, without interpreter start-up or hand-over), on fewer pods.
+        conf = json.loads(node.conflist.read_text())
+        conf["plugins"][0]["plugins"] = ["timing"]
+        node.conflist.write_text(json.dumps(conf))
+        for i in range(breakdown_n):
+            for variant in variants:
+                use(variant)
+                node.delete_pod(node.add_pod(f"t{variant.key[0]}{variant.key[-1]}{i}"))
         in_process: dict[str, dict[str, list[float]]] = {}
-        for variant in VARIANTS:
-            per = in_process[variant] = {"ADD": [], "DEL": []}
-            for line in timing[variant].read_text().splitlines():
+        for variant in variants:
+            per = in_process[variant.key] = {"ADD": [], "DEL": []}
+            for line in timing[variant.key].read_text().splitlines():
                 rec = json.loads(line)
                 per.setdefault(rec["command"], []).append(rec["ms"])
 
-        # Where the time goes.
+        plugin = by_key["direct"].bin_dir / "aws-cni"  # the Python launcher
         python = Path(plugin.read_text().splitlines()[0][2:].split()[0])
         version = exec_ms(
             [str(plugin)],
@@ -213,9 +255,9 @@ def run(n: int, ipamd_bin: Path | None, vpccni: Path, profile: Path | None = Non
         plugin_conf = {**single["plugins"][0], "name": single["name"], "cniVersion": "1.0.0"}
         plugin_conf.pop("plugins", None)
 
-        def cni_env(command: str, pod: Pod, variant: str = "direct") -> dict[str, str]:
+        def cni_env(command: str, pod: Pod, server: bool = False) -> dict[str, str]:
             return {
-                SOCKET_ENV: str(server_socket) if variant == "server" else "",
+                SOCKET_ENV: str(server_socket) if server else "",
                 "PATH": os.environ["PATH"],
                 "CNI_COMMAND": command,
                 "CNI_CONTAINERID": pod.container_id,
@@ -253,9 +295,11 @@ def run(n: int, ipamd_bin: Path | None, vpccni: Path, profile: Path | None = Non
             [*header, "import importlib", f"for m in {names!r}:", "    importlib.import_module(m)"]
         )
         # Interleaved, one of each per round, so a load change on the machine hits all alike.
+        launchers = {v.key: v.bin_dir / "aws-cni" for v in variants if v.server}
         parts: dict[str, list[float]] = {
-            k: [] for k in ("bare", "imports", "netns", "direct", "served", "handover")
-        }
+            k: [] for k in ("bare", "imports", "netns", "direct", *launchers,
+                            *(f"handover_{k}" for k in launchers))
+        }  # fmt: skip
         # A request the child rejects at once (code 4): the server path's fixed cost.
         handover_env = {
             "PATH": os.environ["PATH"],
@@ -273,24 +317,25 @@ def run(n: int, ipamd_bin: Path | None, vpccni: Path, profile: Path | None = Non
                 )
             )
             node.delete_pod(one)
-            two = node.new_pod(f"s{i}")
-            parts["served"].append(
-                exec_ms(
-                    [*in_node, str(plugin)],
-                    runs=1,
-                    input=stdin.encode(),
-                    env=cni_env("ADD", two, "server"),
+            for key, launcher in launchers.items():
+                two = node.new_pod(f"s{key[-1]}{i}")
+                parts[key].append(
+                    exec_ms(
+                        [*in_node, str(launcher)],
+                        runs=1,
+                        input=stdin.encode(),
+                        env=cni_env("ADD", two, server=True),
+                    )
                 )
-            )
-            node.delete_pod(two)
-            parts["handover"].append(
-                exec_ms([*in_node, str(plugin)], runs=1, check=False, input=b"", env=handover_env)
-            )
-        bare, imports_ms, ip_netns_exec, direct_ms, served_ms, handover_ms = (
-            statistics.median(parts[k])
-            for k in ("bare", "imports", "netns", "direct", "served", "handover")
-        )
-        imports_ms -= bare
+                node.delete_pod(two)
+                parts[f"handover_{key}"].append(
+                    exec_ms(
+                        [*in_node, str(launcher)], runs=1, check=False, input=b"", env=handover_env
+                    )
+                )
+        med_parts = {k: statistics.median(v) for k, v in parts.items()}
+        bare, ip_netns_exec, direct_ms = med_parts["bare"], med_parts["netns"], med_parts["direct"]
+        imports_ms = med_parts["imports"] - bare
         rtts = []
         for i in range(30):
             t0 = time.perf_counter()
@@ -300,29 +345,28 @@ def run(n: int, ipamd_bin: Path | None, vpccni: Path, profile: Path | None = Non
 
     go_add, go_del = stats(samples["go_add"]), stats(samples["go_del"])
     print(
-        f"pod ADD/DEL through libcni, n={n} per variant, warm pool, real namespaces (ms, p50 / p95)"
+        f"pod ADD/DEL through libcni, n={n} per variant, warm pool, real namespaces, the node's "
+        "conflist (ms, p50 / p95)"
     )
-    rows = {"direct": "aws-cni direct (exec'd)", "server": "aws-cni via plugin-server"}
-    for variant, label in rows.items():
-        add, dele = stats(samples[f"{variant}_add"]), stats(samples[f"{variant}_del"])
+    for variant in variants:
+        add, dele = stats(samples[f"{variant.key}_add"]), stats(samples[f"{variant.key}_del"])
         print(
-            f"  {label:28s} ADD {add[0]:7.1f} / {add[1]:7.1f}   DEL {dele[0]:7.1f} / {dele[1]:7.1f}"
-            f"   ratio p50 ADD {add[0] / go_add[0]:.1f}x (<= {TARGET_ADD}x), "
-            f"DEL {dele[0] / go_del[0]:.1f}x (<= {TARGET_DEL}x)"
+            f"  {variant.label:36s} ADD {add[0]:6.1f} / {add[1]:6.1f}   "
+            f"DEL {dele[0]:6.1f} / {dele[1]:6.1f}   ratio p50 ADD {add[0] / go_add[0]:.1f}x "
+            f"(<= {TARGET_ADD}x), DEL {dele[0] / go_del[0]:.1f}x (<= {TARGET_DEL}x)"
         )
     print(
-        f"  {'Go ptp + host-local':28s} ADD {go_add[0]:7.1f} / {go_add[1]:7.1f}"
-        f"   DEL {go_del[0]:7.1f} / {go_del[1]:7.1f}"
+        f"  {'Go ptp + host-local':36s} ADD {go_add[0]:6.1f} / {go_add[1]:6.1f}   "
+        f"DEL {go_del[0]:6.1f} / {go_del[1]:6.1f}"
     )
     med = {
-        v: {c: statistics.median(in_process[v][c] or [0.0]) for c in ("ADD", "DEL")}
-        for v in VARIANTS
+        v.key: {c: statistics.median(in_process[v.key][c] or [0.0]) for c in ("ADD", "DEL")}
+        for v in variants
     }
     rtt = statistics.median(rtts)
     direct_add = statistics.median(samples["direct_add"])
-    server_add = statistics.median(samples["server_add"])
     work_ms = direct_ms - ip_netns_exec - bare - imports_ms - rtt
-    print("where one direct ADD's time goes (p50, ms):")
+    print(f"where one direct ADD's time goes (p50 ms; breakdown runs n={breakdown_n}):")
     print(f"  libcni ADD (cnictl's measure)                          {direct_add:7.1f}")
     print(f"    outside the plugin: libcni, cnictl                   {direct_add - direct_ms:7.1f}")
     print(f"    the plugin exec'd directly in the node namespace     {direct_ms:7.1f}")
@@ -337,30 +381,31 @@ def run(n: int, ipamd_bin: Path | None, vpccni: Path, profile: Path | None = Non
     )
     print(f"  heaviest imports (-X importtime, cumulative, traced total {imports_traced:.0f}):")
     print("    " + ", ".join(f"{name} {ms:.0f}" for name, ms in heavy))
-    child_add = med["server"]["ADD"]
-    print("where one ADD via plugin-server goes (p50, ms):")
-    print(f"  libcni ADD (cnictl's measure)                          {server_add:7.1f}")
-    print(f"    outside the plugin: libcni, cnictl                   {server_add - served_ms:7.1f}")
-    print(f"    the launcher exec'd directly in the node namespace   {served_ms:7.1f}")
-    print(f"      ip netns exec (direct run only)                   {ip_netns_exec:7.1f}")
-    print(f"      interpreter start (-I -S)                          {bare:7.1f}")
-    print(
-        f"      hand-over: load client, connect, fork, reply       "
-        f"{handover_ms - ip_netns_exec - bare:7.1f}"
-    )
-    print(f"      the command in the forked child (timing plugin)    {child_add:7.1f}")
-    print(
-        f"        of which ipamd RPC {rtt:.1f}; channel set-up, netlink, state, page faults "
-        f"{child_add - rtt:.1f}"
-    )
-    print(
-        f"      unaccounted (child time is from the libcni runs)   "
-        f"{served_ms - handover_ms - child_add:7.1f}"
-    )
-    print(
-        f"    in-process DEL: direct {med['direct']['DEL']:.1f}, "
-        f"in the child {med['server']['DEL']:.1f}"
-    )
+    for key in launchers:
+        served_add = statistics.median(samples[f"{key}_add"])
+        served_ms, handover_ms = med_parts[key], med_parts[f"handover_{key}"]
+        child_add = med[key]["ADD"]
+        print(f"where one ADD {by_key[key].label} goes (p50, ms):")
+        print(f"  libcni ADD (cnictl's measure)                          {served_add:7.1f}")
+        outside = served_add - served_ms
+        print(f"    outside the plugin: libcni, cnictl                   {outside:7.1f}")
+        print(f"    the launcher exec'd directly in the node namespace   {served_ms:7.1f}")
+        print(f"      ip netns exec (direct run only)                   {ip_netns_exec:7.1f}")
+        print(
+            f"      launcher start + hand-over (a request the child    "
+            f"{handover_ms - ip_netns_exec:7.1f}\n"
+            f"        refuses at once; Python's interpreter start alone: {bare:.1f})"
+        )
+        print(f"      the command in the forked child (timing plugin)    {child_add:7.1f}")
+        print(
+            f"        of which ipamd RPC {rtt:.1f}; netlink, state, logging, page faults "
+            f"{child_add - rtt:.1f}"
+        )
+        print(
+            f"      unaccounted (child time is from other runs)        "
+            f"{served_ms - handover_ms - child_add:7.1f}"
+        )
+        print(f"    in-process DEL in the child: {med[key]['DEL']:.1f}")
     return 0
 
 

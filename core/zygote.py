@@ -8,12 +8,13 @@ and waits for the exit status.  Protocol and safety properties: docs/plugin-serv
 
 This module has two halves:
 
-* the **client** (:func:`launch`), run by the launcher before anything else.  It is loaded
-  by file path (no ``vpccni`` package import, no site) and must stay cheap: module-level
-  imports are builtins only (``_socket``, ``posix``, ``sys``), nothing that imports ``os``,
-  ``socket`` or ``json``.  It returns None whenever the server has not *committed* to
-  the request, and the launcher then runs the command in-process exactly as without a
-  server; correctness never depends on the server.
+* the **client** (:func:`launch`), run by the launcher before anything else (mirrored in
+  C by ``cli/native/launcher.c``, the native launcher: change both; the tests compare
+  them).  It is loaded by file path (no ``vpccni`` package import, no site) and must
+  stay cheap: module-level imports are builtins only (``_socket``, ``posix``, ``sys``),
+  nothing that imports ``os``, ``socket`` or ``json``.  It returns None whenever the
+  server has not *committed* to the request, and the launcher then runs the command
+  in-process exactly as without a server; correctness never depends on the server.
 * the **server** (:func:`serve`), whose imports are all inside functions for that reason.
 
 Wire protocol (one unix stream connection per invocation, version 1)::

@@ -134,13 +134,20 @@ def call_ms(call: CniCall) -> float:
     return call.elapsed_ms if call.elapsed_ms is not None else call.wall_ms
 
 
-def install_launcher(bin_dir: Path, server_socket: Path, vpccni: Path | None = None) -> Path:
+def install_launcher(
+    bin_dir: Path, server_socket: Path, vpccni: Path | None = None, launcher: str = "auto"
+) -> Path:
     """The aws-cni launcher `vpccni install-cni` (this venv's, or ``vpccni``) writes for a
-    node whose plugin server listens on ``server_socket``: what kubelet would execute."""
+    node whose plugin server listens on ``server_socket``: what kubelet would execute.
+    ``launcher`` is install-cni's ``--launcher``: by default the native one when a C
+    compiler (or a prebuilt binary) is there, with the Python one as ``aws-cni-python``
+    (docs/native-launcher.md)."""
     vpccni = vpccni or Path(sys.executable).parent / "vpccni"
+    # Only when asked: an older vpccni (bench --vpccni) has no --launcher.
+    pick = [] if launcher == "auto" else ["--launcher", launcher]
     subprocess.run(
         [str(vpccni), "install-cni", "--bin-dir", str(bin_dir), "--names", "aws-cni",
-         "--server-socket", str(server_socket)],
+         "--server-socket", str(server_socket), *pick],
         check=True,
         capture_output=True,
     )  # fmt: skip
