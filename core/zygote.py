@@ -213,6 +213,7 @@ PRELOAD: tuple[str, ...] = (
     "vpccni.core.store",
     "vpccni.core.names",
     "vpccni.core.netns",
+    "vpccni.core.rtnl",
     "vpccni.core.podnet",
     "vpccni.core.ipam_fake",
     "vpccni.core.ipam_grpc",

@@ -193,7 +193,7 @@ class EgressSnatDriver:
         setup = _setup(ctx)
         podnet.refuse_own_namespace(ctx.invocation.netns)
         ipam = ipam_exec.DelegatedIpam(ctx.conf, ctx.invocation)
-        if podnet.link_index(ctx.netns.host, setup.host_name) is not None:
+        if ctx.netns.host_rtnl.get_link(setup.host_name) is not None:
             # A retried ADD: host-local refuses a second reservation for the same
             # attachment, so the first attempt's egress is removed and made again.
             ctx.log.info("ADD retried for %s: replacing its egress", ctx.key.slug())
@@ -219,24 +219,27 @@ class EgressSnatDriver:
             setup.family, ipc.address, gateway, ctx.key.slug(), setup.node_ip,
         )  # fmt: skip
 
-        host, pod = ctx.netns.host, ctx.netns.pod
+        host = ctx.netns.host_rtnl
         if setup.family == 6:
             # upstream: the cluster interface must not carry IPv6 once v6if0 does
             _pod_sysctl(
                 ctx.invocation.netns, f"ipv6/conf/{ctx.invocation.ifname}/disable_ipv6", "1"
             )
-        pair = podnet.create_veth(host, ctx.invocation.netns, setup.host_name, setup.pod_ifname)
+        pair = podnet.create_veth(
+            host, ctx.netns.pod_fd, setup.host_name, setup.pod_ifname, setup.mtu
+        )
         ctx.undo.push("egress veth", podnet.as_undo(podnet.delete_link, host, setup.host_name))
         if setup.family == 6:
             podnet.write_host_sysctls(setup.host_name, (("accept_dad", "0"),))
-        pair = podnet.bring_up(host, pod, pair, setup.mtu)
+        pair = podnet.bring_up(host, ctx.netns.pod_rtnl, pair)
 
         address = str(iface.ip)
         pod_addr = podnet.PodAddress.parse(address)
+        # The egress-specific pieces go through the pyroute2 handles (made on first use).
         if setup.family == 4:
-            self._plumb_v4(host, pod, pair, iface, gateway, got)
+            self._plumb_v4(ctx.netns.host, ctx.netns.pod, pair, iface, gateway, got)
         else:
-            self._plumb_v6(host, pod, pair, iface)
+            self._plumb_v6(ctx.netns.host, ctx.netns.pod, pair, iface)
         podnet.add_host_route(host, pair, pod_addr)
 
         snat = _snat_for(ctx, setup, address)
@@ -350,12 +353,12 @@ class EgressSnatDriver:
         chain = rules.chain_name(ctx.key.network_name, ctx.key.container_id, setup.family)
         removed = rules.Iptables(setup.family).delete(chain)
         if not ctx.netns.pod_gone:
-            podnet.delete_link(ctx.netns.pod, setup.pod_ifname)
+            podnet.delete_link(ctx.netns.pod_rtnl, setup.pod_ifname)
         # The pod's namespace may be gone with the host end still here (or a retried ADD
         # left it): by name, which is why the name is deterministic.
-        podnet.delete_link(ctx.netns.host, setup.host_name)
+        podnet.delete_link(ctx.netns.host_rtnl, setup.host_name)
         for source in removed:
-            podnet.delete_host_route(ctx.netns.host, podnet.PodAddress.parse(source))
+            podnet.delete_host_route(ctx.netns.host_rtnl, podnet.PodAddress.parse(source))
         try:
             ipam_exec.DelegatedIpam(ctx.conf, ctx.invocation).delete()
         except ipam_exec.IpamExecError as exc:

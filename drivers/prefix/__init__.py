@@ -10,7 +10,8 @@ Two parts, as the design splits every driver that changes how addresses are obta
   (veth, /32 or /128, gateway 169.254.1.1 or fe80::1 with a permanent neighbour, host route,
   rules 512/1536) and adds the IPv6 pieces (upstream setupVeth steps 6 and 11):
   ``disable_ipv6=0`` on the pod interface and ``lo`` inside the pod before the address, and a
-  wait for DAD after it (the /128 is added ``nodad``: see :mod:`vpccni.core.podnet`).
+  wait for DAD after the pod side is made (the /128 is added ``nodad``: see
+  :mod:`vpccni.core.podnet`).
 
 Naming decision: ipamd's reply names ``routed_eni`` for IPv4 pods in prefix-delegation mode
 (an address from a /28 is plumbed exactly like a secondary IP: nothing would differ) and
@@ -54,7 +55,7 @@ class PrefixDriver(RoutedEniDriver):
         self, ctx: DriverContext, pair: podnet.VethPair, addr: podnet.PodAddress
     ) -> None:
         if addr.family == 6:
-            podnet.wait_pod_dad(ctx.netns.pod, pair, addr)
+            podnet.wait_pod_dad(ctx.netns.pod_rtnl, pair, addr)
 
 
 __all__ = ["PrefixDriver"]

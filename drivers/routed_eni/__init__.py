@@ -23,7 +23,10 @@ Configuration section ``drivers.routed_eni`` (schema-validated):
 
 * ``failAfterStep`` (integer >= 0): a TESTING knob, never for production.  ADD fails
   right after step N (0-based: 0 veth, 1 links up, 2 pod address, 3 pod routes, 4 pod
-  neighbour, 5 host route, 6 rule 512, 7 rule 1536), to prove the undo path.
+  neighbour, 5 host route, 6 rule 512, 7 rule 1536), to prove the undo path.  Steps 2-4
+  are sent to the kernel in one datagram and steps 5-7 in another (raw rtnetlink,
+  :mod:`vpccni.core.rtnl`); the failure still comes after the step it names, with every
+  change made so far undone.
 """
 
 from __future__ import annotations
@@ -105,49 +108,71 @@ class RoutedEniDriver:
         table = podnet.host_table(assignment.route_table)
         mtu = netconf.check_mtu_for_family(ctx.conf, addr.family)
         host_name = podnet.host_veth_name(ctx.conf, ctx.invocation)
-        pod, host = ctx.netns.pod, ctx.netns.host
+        pod, host = ctx.netns.pod_rtnl, ctx.netns.host_rtnl
         podnet.refuse_own_namespace(ctx.invocation.netns)
         done = podnet.step_counter(ctx.section.get("failAfterStep"))
 
-        pair = podnet.create_veth(host, ctx.invocation.netns, host_name, ctx.invocation.ifname)
+        pair = podnet.create_veth(host, ctx.netns.pod_fd, host_name, ctx.invocation.ifname, mtu)
         # Deleting the host end takes the pod end, its addresses, routes and neighbours,
         # and the host route with it: one undo covers steps 0-5.
         ctx.undo.push("delete veth", podnet.as_undo(podnet.delete_link, host, host_name))
         done("veth")
-        pair = podnet.bring_up(host, pod, pair, mtu)
+        pair = podnet.bring_up(host, pod, pair)
         self.prepare_pod(ctx, pair, addr)
         done("links up")
-        podnet.add_pod_address(pod, pair, addr)
+        # Steps 2-4 in one datagram (address, gateway route, default route, neighbour):
+        # the veth's undo covers them all, whichever of them the kernel made.
+        podnet.plumb_pod_side(pod, pair, addr)
         self.address_added(ctx, pair, addr)
         done("pod address")
-        podnet.add_pod_routes(pod, pair, addr)
         done("pod routes")
-        podnet.add_pod_neighbour(pod, pair, addr)
         done("pod neighbour")
-        podnet.add_host_route(host, pair, addr)
-        ctx.undo.push("delete host route", podnet.as_undo(podnet.delete_host_route, host, addr))
-        done("host route")
-        podnet.add_to_pod_rule(host, addr)
-        ctx.undo.push(
-            "delete rule 512",
-            podnet.as_undo(
-                podnet.delete_rules,
-                host,
-                addr,
-                podnet.TO_CONTAINER_RULE_PRIORITY,
-                "to",
-                podnet.MAIN_TABLE,
+        # Steps 5-7 in one datagram too; podnet.apply pushes the undo of every change the
+        # kernel made before it raises, so a failure (or an injected one after any of
+        # these steps) leaves nothing behind.
+        changes = [
+            podnet.Change(
+                podnet.host_route_request(pair, addr),
+                undo=("delete host route", podnet.as_undo(podnet.delete_host_route, host, addr)),
             ),
-        )
+            podnet.Change(
+                podnet.to_pod_rule_request(addr),
+                podnet.EXISTS,  # upstream ignores EEXIST
+                undo=(
+                    "delete rule 512",
+                    podnet.as_undo(
+                        podnet.delete_rules,
+                        host,
+                        addr,
+                        podnet.TO_CONTAINER_RULE_PRIORITY,
+                        "to",
+                        podnet.MAIN_TABLE,
+                    ),
+                ),
+            ),
+        ]
+        if table != podnet.MAIN_TABLE:
+            changes.append(
+                podnet.Change(
+                    podnet.from_pod_rule_request(addr, table),
+                    podnet.EXISTS,
+                    undo=(
+                        "delete rule 1536",
+                        podnet.as_undo(
+                            podnet.delete_rules,
+                            host,
+                            addr,
+                            podnet.FROM_POD_RULE_PRIORITY,
+                            "from",
+                            table,
+                        ),
+                    ),
+                )
+            )
+        podnet.apply(host, changes, ctx.undo.push)
+        done("host route")
         done("rule 512")
         if table != podnet.MAIN_TABLE:
-            podnet.add_from_pod_rule(host, addr, table)
-            ctx.undo.push(
-                "delete rule 1536",
-                podnet.as_undo(
-                    podnet.delete_rules, host, addr, podnet.FROM_POD_RULE_PRIORITY, "from", table
-                ),
-            )
             done("rule 1536")
         ctx.log.info(
             "plumbed %s on %s (device %d, table %d)",
@@ -174,12 +199,13 @@ class RoutedEniDriver:
     def address_added(
         self, ctx: DriverContext, pair: podnet.VethPair, addr: podnet.PodAddress
     ) -> None:
-        """Right after the pod's address is added."""
+        """Right after the pod side (address, routes, neighbour: one datagram) is made,
+        before the host side."""
 
     def delete(
         self, ctx: DriverContext, allocation: Allocation | None, prev: Result | None
     ) -> None:
-        host = ctx.netns.host
+        host = ctx.netns.host_rtnl
         host_name = podnet.host_veth_name(ctx.conf, ctx.invocation)
         addr: podnet.PodAddress | None = None
         route_table: int | None = None

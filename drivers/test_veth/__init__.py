@@ -49,15 +49,15 @@ class TestVethDriver:
         addr = podnet.PodAddress(assignment.address, 4)
         mtu = netconf.check_mtu_for_family(ctx.conf, 4)
         host_name = podnet.host_veth_name(ctx.conf, ctx.invocation)
-        pod, host = ctx.netns.pod, ctx.netns.host
+        pod, host = ctx.netns.pod_rtnl, ctx.netns.host_rtnl
         podnet.refuse_own_namespace(ctx.invocation.netns)
         done = podnet.step_counter(ctx.section.get("failAfterStep"))
 
-        pair = podnet.create_veth(host, ctx.invocation.netns, host_name, ctx.invocation.ifname)
+        pair = podnet.create_veth(host, ctx.netns.pod_fd, host_name, ctx.invocation.ifname, mtu)
         # The host end takes the pod end, everything on it and the host route with it.
         ctx.undo.push("delete veth", podnet.as_undo(podnet.delete_link, host, host_name))
         done("veth")
-        pair = podnet.bring_up(host, pod, pair, mtu)
+        pair = podnet.bring_up(host, pod, pair)
         done("links up")
         podnet.plumb_pod_side(pod, pair, addr)
         done("pod side")
@@ -76,7 +76,7 @@ class TestVethDriver:
     ) -> None:
         # Deleting the host end removes the pod end and the host route with it; the pod's
         # namespace may already be gone (SPEC: DEL must still succeed).
-        podnet.delete_link(ctx.netns.host, podnet.host_veth_name(ctx.conf, ctx.invocation))
+        podnet.delete_link(ctx.netns.host_rtnl, podnet.host_veth_name(ctx.conf, ctx.invocation))
 
     def check(self, ctx: DriverContext, allocation: Allocation | None, prev: Result) -> None:
         host, pod = ctx.netns.host, ctx.netns.pod

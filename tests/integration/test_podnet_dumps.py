@@ -19,6 +19,7 @@ from tests.support.cnictl import create_netns
 from tests.support.cnictl import delete_netns
 from vpccni.core import podnet
 from vpccni.core.podnet import PodAddress
+from vpccni.core.rtnl import Rtnl
 
 pytestmark = pytest.mark.netns
 T = TypeVar("T")
@@ -55,18 +56,39 @@ def rules_of(ns: Netns) -> list[dict[str, object]]:
     return list(json.loads(ns.ip("-j", "rule").stdout))
 
 
-def test_host_links_give_every_link_mac(node: Netns) -> None:
-    expected = sorted(link.get("address", "") for link in json.loads(node.ip("-j", "link").stdout))
-    macs = inside(node, lambda: [mac for _index, _name, mac in podnet.host_links()])
-    assert sorted(macs) == expected
+def test_every_links_mac_is_in_use(node: Netns) -> None:
+    shown = [link["address"] for link in json.loads(node.ip("-j", "link").stdout)]
+    in_use = inside(node, podnet.link_addresses)
+    assert len(shown) > 80  # enough links that the dump spans several netlink reads
+    assert all(mac in in_use for mac in shown)
+    # A MAC on no link is free (its bytes are nowhere in the dump).
+    free = [mac for mac in ("02:5e:c0:ff:ee:01", "06:12:34:56:78:9a") if mac not in shown]
+    assert free
+    assert not any(mac in in_use for mac in free)
 
 
-def test_host_links_are_every_link(node: Netns) -> None:
-    expected = sorted(
-        (link["ifindex"], link["ifname"], link.get("address", ""))
-        for link in json.loads(node.ip("-j", "link").stdout)
-    )
-    assert sorted(inside(node, podnet.host_links)) == expected
+class TakenUntil:
+    """A MAC container where every MAC asked is taken until draw ``free_at``."""
+
+    def __init__(self, free_at: int) -> None:
+        self.free_at = free_at
+        self.asked: list[str] = []
+
+    def __contains__(self, mac: object) -> bool:
+        self.asked.append(str(mac))
+        return len(self.asked) < self.free_at
+
+
+def test_random_mac_avoids_the_macs_in_use() -> None:
+    taken = TakenUntil(10)
+    mac = podnet.random_mac(taken)
+    assert taken.asked[-1] == mac
+    assert len(taken.asked) == 10
+    first = int(mac.split(":")[0], 16)
+    assert first & 0x02  # locally administered
+    assert not first & 0x01  # unicast
+    with pytest.raises(RuntimeError, match="no unique MAC"):
+        podnet.random_mac(TakenUntil(11))  # upstream gives up after 10 draws
 
 
 def test_pod_rules_and_routes_match_ip(node: Netns) -> None:
@@ -90,10 +112,8 @@ def test_check_rules_names_a_rule_in_the_wrong_table(node: Netns) -> None:
 
 
 def test_teardown_removes_the_pods_rules_and_route_only(node: Netns) -> None:
-    from pyroute2 import IPRoute
-
     def teardown() -> None:
-        with IPRoute() as host:  # the thread's namespace: the test node
+        with Rtnl.here() as host:  # the thread's namespace: the test node
             podnet.teardown_routed(host, POD, 3)
 
     inside(node, teardown)
@@ -112,10 +132,9 @@ def test_teardown_removes_the_pods_rules_and_route_only(node: Netns) -> None:
 
 def test_teardown_with_an_unknown_table_removes_every_from_rule(node: Netns) -> None:
     node.ip("rule", "add", "from", POD.address, "lookup", "9", "priority", "1536")
-    from pyroute2 import IPRoute
 
     def teardown() -> None:
-        with IPRoute() as host:
+        with Rtnl.here() as host:
             podnet.teardown_routed(host, POD, None)
 
     inside(node, teardown)
@@ -126,8 +145,6 @@ def test_teardown_with_an_unknown_table_removes_every_from_rule(node: Netns) -> 
 def test_create_veth_replaces_a_stale_host_end(node: Netns) -> None:
     # A retried ADD finds the host end of its first try: it is replaced, and the new end's
     # MAC is none of the node's other links'.
-    from pyroute2 import IPRoute
-
     pod = create_netns("tpdpod")
     try:
         others = {
@@ -137,7 +154,7 @@ def test_create_veth_replaces_a_stale_host_end(node: Netns) -> None:
         }
 
         def create() -> podnet.VethPair:
-            with IPRoute() as host:
+            with Rtnl.here() as host:
                 return podnet.create_veth(host, pod.path, "tpv3", "eth0")
 
         pair = inside(node, create)
