@@ -33,7 +33,7 @@ def request() -> AllocateRequest:
 @pytest.fixture(autouse=True)
 def no_leftovers() -> Iterator[None]:
     yield
-    for channel in ipam_grpc._prepared.values():
+    for channel, _stub in ipam_grpc._prepared.values():
         channel.close()
     ipam_grpc._prepared.clear()
 
@@ -41,7 +41,7 @@ def no_leftovers() -> Iterator[None]:
 def wait_ready(path: str, timeout: float = 10.0) -> None:
     deadline = time.monotonic() + timeout
     while True:
-        state = ipam_grpc._connectivity(ipam_grpc._prepared[path], try_to_connect=False)
+        state = ipam_grpc._connectivity(ipam_grpc._prepared[path][0], try_to_connect=False)
         if state is grpc.ChannelConnectivity.READY:
             return
         if time.monotonic() > deadline:
