@@ -18,8 +18,8 @@ from typing import Any
 import pytest
 
 from tests.support.cnictl import Netns
-from tests.support.cnictl import create_netns
 from tests.support.cnictl import delete_netns
+from tests.support.cnictl import temp_netns
 from vpccni.core import netns as netns_mod
 from vpccni.core import podnet
 from vpccni.core import rtnl
@@ -36,20 +36,14 @@ PEER_MAC = "02:66:77:88:99:aa"
 
 @pytest.fixture
 def node() -> Iterator[Netns]:
-    ns = create_netns("trn")
-    try:
+    with temp_netns("trn") as ns:
         yield ns
-    finally:
-        delete_netns(ns)
 
 
 @pytest.fixture
 def pod() -> Iterator[Netns]:
-    ns = create_netns("trp")
-    try:
+    with temp_netns("trp") as ns:
         yield ns
-    finally:
-        delete_netns(ns)
 
 
 @pytest.fixture
