@@ -52,6 +52,9 @@ DEFAULT_EC2_RETRY_MODE = "standard"
 DEFAULT_EC2_MAX_ATTEMPTS = 11
 #: Prefix delegation may fall back to secondary IPs in a fragmented subnet (our addition).
 PD_FALLBACK_VAR = "VPCCNI_PD_FALLBACK_TO_SECONDARY_IPS"
+PLUGIN_SERVER_SOCKET_VAR = "VPCCNI_PLUGIN_SERVER_SOCKET_PATH"
+#: sun_path holds 108 bytes, the terminating NUL included.
+UNIX_PATH_MAX = 107
 
 
 class ConfigError(ValueError):
@@ -244,6 +247,9 @@ class IpamdConfig:
     introspection_bind_address: str = "127.0.0.1:61679"
     metrics_bind_address: str = "127.0.0.1:61678"
     socket_path: str = DEFAULT_SOCKET
+    #: VPCCNI_PLUGIN_SERVER_SOCKET_PATH: where the plugin server ipamd starts and supervises
+    #: listens ("": ipamd starts none).  See docs/plugin-server.md.
+    plugin_server_socket_path: str = ""
     state_dir: str = DEFAULT_STATE_DIR
     # -- identity ------------------------------------------------------------------------
     node_name: str = ""
@@ -335,6 +341,7 @@ class IpamdConfig:
             introspection_bind_address=r.string("INTROSPECTION_BIND_ADDRESS", "127.0.0.1:61679"),
             metrics_bind_address=r.string("VPCCNI_METRICS_BIND_ADDRESS", "127.0.0.1:61678"),
             socket_path=r.string("VPCCNI_IPAMD_SOCKET", DEFAULT_SOCKET),
+            plugin_server_socket_path=r.string(PLUGIN_SERVER_SOCKET_VAR, ""),
             state_dir=state_dir,
             node_name=r.string("MY_NODE_NAME", ""),
             cni_version=r.string("VPC_CNI_VERSION", ""),
@@ -445,3 +452,33 @@ def _cross_checks(r: _Reader, c: IpamdConfig) -> None:
     ):
         if not os.path.isabs(path):
             r.bad(name, path, "an absolute path")
+    _check_plugin_server_socket(r, c)
+
+
+def _check_plugin_server_socket(r: _Reader, c: IpamdConfig) -> None:
+    path = c.plugin_server_socket_path
+    if not path:
+        return
+    name = PLUGIN_SERVER_SOCKET_VAR
+    if not os.path.isabs(path) or path.endswith("/"):
+        r.bad(name, path, "an absolute path to a socket file (empty: no plugin server)")
+    elif len(os.fsencode(path)) > UNIX_PATH_MAX:
+        r.bad(name, path, f"a unix socket path of at most {UNIX_PATH_MAX} bytes")
+    elif os.path.normpath(path) == os.path.normpath(c.socket_path):
+        r.bad(name, path, "a path other than VPCCNI_IPAMD_SOCKET's")
+    else:
+        blocker = _non_directory_ancestor(os.path.dirname(path))
+        if blocker is not None:
+            r.bad(name, path, f"a path whose directory can exist ({blocker} is not a directory)")
+
+
+def _non_directory_ancestor(directory: str) -> str | None:
+    """The nearest existing ancestor of ``directory`` (itself included) when that is not a
+    directory: the server could never create its socket there."""
+    current = directory
+    while not os.path.lexists(current):
+        parent = os.path.dirname(current)
+        if parent == current:
+            return None
+        current = parent
+    return None if os.path.isdir(current) else current

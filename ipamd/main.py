@@ -10,7 +10,10 @@ restart us in a loop; a checkpoint that cannot be restored is fatal (exit 1) so 
 addresses are never overwritten.
 
 SIGTERM/SIGINT: stop attaching and detaching ENIs, stop serving, keep the checkpoint (and the
-SNAT rules: pods keep their egress while the daemon restarts).
+SNAT rules: pods keep their egress while the daemon restarts).  With
+VPCCNI_PLUGIN_SERVER_SOCKET_PATH, the plugin server is started once the gRPC socket serves,
+restarted when it exits, and stopped (SIGTERM) on the way out
+(:mod:`vpccni.ipamd.plugin_server_supervisor`).
 
 The environment contract is docs/ipamd-configuration.md; the ``VPCCNI_*`` variables exist so
 several simulated nodes can run side by side (socket, state directory, intervals).
@@ -45,6 +48,9 @@ from vpccni.ipamd.metadata import InstanceMetadata
 from vpccni.ipamd.metadata import MetadataError
 from vpccni.ipamd.metrics import Metrics
 from vpccni.ipamd.metrics import serve_metrics
+from vpccni.ipamd.plugin_server_supervisor import PluginServerSupervisor
+from vpccni.ipamd.plugin_server_supervisor import log_file_for
+from vpccni.ipamd.plugin_server_supervisor import server_log_level
 from vpccni.ipamd.pool import InitError
 from vpccni.ipamd.pool import PoolManager
 from vpccni.ipamd.snat_sync import SnatSync
@@ -148,6 +154,7 @@ class Daemon:
         self.stopping = threading.Event()
         self._servers: list[HttpServerHandle] = []
         self.snat: SnatSync | None = None
+        self.plugin_server: PluginServerSupervisor | None = None
 
     def request_stop(self, signum: int, _frame: FrameType | None) -> None:
         log.info("received %s: stopping", signal.Signals(signum).name)
@@ -215,10 +222,15 @@ class Daemon:
         log.info(
             "serving on unix://%s (%.2fs after start)", cfg.socket_path, time.monotonic() - started
         )
+        # Before the conflist: kubelet starts pods once it exists (the launcher falls back
+        # to running the plugin itself while the server is still preloading).
+        self._start_plugin_server()
         status = 0 if self._write_conflist() else 1
         while status == 0 and not self.stopping.wait(0.5):
             pass
         backend.set_ready(False)
+        if self.plugin_server is not None:
+            self.plugin_server.stop()
         server.stop(SERVER_GRACE_SECONDS).wait()
         self.snat.stop()
         for handle in self._servers:
@@ -234,6 +246,20 @@ class Daemon:
             pass
         log.info("stopped; checkpoint kept at %s", cfg.backing_store)
         return status
+
+    def _start_plugin_server(self) -> None:
+        """VPCCNI_PLUGIN_SERVER_SOCKET_PATH: start and supervise ``vpccni plugin-server``,
+        now that our socket serves (its idle children connect to it ahead of a request)."""
+        cfg = self.config
+        if not cfg.plugin_server_socket_path:
+            return
+        self.plugin_server = PluginServerSupervisor(
+            cfg.plugin_server_socket_path,
+            cfg.socket_path,
+            log_file_for(cfg.log_file),
+            extra_args=["--log-level", server_log_level(cfg.log_level)],
+        )
+        self.plugin_server.start()
 
     @staticmethod
     def _write_conflist() -> bool:
