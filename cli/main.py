@@ -58,4 +58,9 @@ class CliError(Exception):
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # Run as `python -m vpccni.cli.main` this file is "__main__", and the subcommands'
+    # `from vpccni.cli.main import CliError` would import it a second time: a different
+    # CliError, which main() here would not catch.  Run the imported module's main().
+    from vpccni.cli.main import main as _main
+
+    sys.exit(_main())
