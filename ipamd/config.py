@@ -29,6 +29,9 @@ from typing import TypeVar
 T = TypeVar("T")
 
 DEFAULT_SOCKET = "/var/run/aws-node/ipamd.sock"
+#: Where ipamd's plugin server listens unless told otherwise: the socket `vpccni install-cni`
+#: points launchers at by default (vpccni.core.zygote.DEFAULT_SOCKET; a test pins it).
+DEFAULT_PLUGIN_SERVER_SOCKET = "/run/vpccni/plugin.sock"
 DEFAULT_STATE_DIR = "/var/run/aws-node"
 CHECKPOINT_NAME = "ipam.json"
 DEFAULT_LOG_FILE = "/host/var/log/aws-routed-eni/ipamd.log"
@@ -248,8 +251,9 @@ class IpamdConfig:
     metrics_bind_address: str = "127.0.0.1:61678"
     socket_path: str = DEFAULT_SOCKET
     #: VPCCNI_PLUGIN_SERVER_SOCKET_PATH: where the plugin server ipamd starts and supervises
-    #: listens ("": ipamd starts none).  See docs/plugin-server.md.
-    plugin_server_socket_path: str = ""
+    #: listens (unset: install-cni's default socket; "": ipamd starts none).  See
+    #: docs/plugin-server.md.
+    plugin_server_socket_path: str = DEFAULT_PLUGIN_SERVER_SOCKET
     state_dir: str = DEFAULT_STATE_DIR
     # -- identity ------------------------------------------------------------------------
     node_name: str = ""
@@ -341,7 +345,7 @@ class IpamdConfig:
             introspection_bind_address=r.string("INTROSPECTION_BIND_ADDRESS", "127.0.0.1:61679"),
             metrics_bind_address=r.string("VPCCNI_METRICS_BIND_ADDRESS", "127.0.0.1:61678"),
             socket_path=r.string("VPCCNI_IPAMD_SOCKET", DEFAULT_SOCKET),
-            plugin_server_socket_path=r.string(PLUGIN_SERVER_SOCKET_VAR, ""),
+            plugin_server_socket_path=_plugin_server_socket(r),
             state_dir=state_dir,
             node_name=r.string("MY_NODE_NAME", ""),
             cni_version=r.string("VPC_CNI_VERSION", ""),
@@ -453,6 +457,15 @@ def _cross_checks(r: _Reader, c: IpamdConfig) -> None:
         if not os.path.isabs(path):
             r.bad(name, path, "an absolute path")
     _check_plugin_server_socket(r, c)
+
+
+def _plugin_server_socket(r: _Reader) -> str:
+    """Unset: the default socket; set but empty: no server.  Unlike upstream's variables
+    (empty = unset), empty is a value here, as ``install-cni --server-socket ''`` is."""
+    value = r.env.get(PLUGIN_SERVER_SOCKET_VAR)
+    if value is None:
+        return DEFAULT_PLUGIN_SERVER_SOCKET
+    return value.strip()
 
 
 def _check_plugin_server_socket(r: _Reader, c: IpamdConfig) -> None:

@@ -146,6 +146,9 @@ class IpamdProcess:
         self.env = {
             **FAST_ENV,
             "VPCCNI_IPAMD_SOCKET": self.socket,
+            # No plugin server unless a test asks (its default socket is one path for
+            # every simulated node; tests that want one start it themselves or set this).
+            "VPCCNI_PLUGIN_SERVER_SOCKET_PATH": "",
             "VPCCNI_STATE_DIR": str(self.dir),
             "AWS_VPC_K8S_CNI_BACKING_STORE": self.checkpoint,
             "INTROSPECTION_BIND_ADDRESS": f"unix:{self.introspection_socket}",

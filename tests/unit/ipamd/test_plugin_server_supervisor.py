@@ -29,8 +29,10 @@ def problems(env: dict[str, str]) -> list[str]:
 # -- configuration ------------------------------------------------------------------------------
 
 
-def test_unset_or_empty_starts_no_server() -> None:
-    assert IpamdConfig.from_env({}).plugin_server_socket_path == ""
+def test_unset_serves_where_install_cni_points_launchers_and_empty_starts_none() -> None:
+    from vpccni.core.zygote import DEFAULT_SOCKET as LAUNCHER_DEFAULT
+
+    assert IpamdConfig.from_env({}).plugin_server_socket_path == LAUNCHER_DEFAULT
     assert IpamdConfig.from_env({VAR: ""}).plugin_server_socket_path == ""
 
 
