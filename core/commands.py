@@ -52,7 +52,7 @@ MULTI_NIC_ANNOTATION = "k8s.amazonaws.com/nicConfig"
 
 
 def make_ipam(conf: Mapping[str, Any]) -> IpamApi:
-    section = conf.get("ipamd") or {}
+    section = netconf.ipamd_section(conf)
     if section.get("backend") == "fake":
         from vpccni.core.ipam_fake import FileIpam  # noqa: PLC0415
 

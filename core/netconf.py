@@ -7,6 +7,7 @@ Order matters for the error codes: undecodable JSON -> 6; an unsupported ``cniVe
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from functools import cache
 from typing import Any
 
@@ -112,4 +113,22 @@ def validate_driver_section(conf: dict[str, Any], name: str, schema: Any) -> dic
     )
     if problems:
         raise errors.invalid_config("; ".join(problems))
+    return dict(section)
+
+
+def ipamd_section(conf: Mapping[str, Any]) -> dict[str, Any]:
+    """The ``ipamd`` section, valid: a type whose own schema does not describe it (egress-cni)
+    still reaches ipamd through it, so it is checked here against aws-cni's definition
+    (code 7 naming ``$.ipamd...``) instead of failing later on a missing key."""
+    from vpccni import conf as shipped  # noqa: PLC0415
+
+    section = conf.get("ipamd") or {}
+    type_schema = TYPE_SCHEMAS.get(str(conf.get("type")), DEFAULT_TYPE_SCHEMA)
+    if "ipamd" not in shipped.schema(type_schema).get("properties", {}):
+        validator = driver_validator(shipped.schema(DEFAULT_TYPE_SCHEMA)["properties"]["ipamd"])
+        problems = sorted(
+            f"$.ipamd{e.json_path[1:]}: {e.message}" for e in validator.iter_errors(section)
+        )
+        if problems:
+            raise errors.invalid_config("; ".join(problems))
     return dict(section)

@@ -18,6 +18,7 @@ from tests.support.plugin import run_inproc
 from vpccni.core import netconf
 from vpccni.core import registry
 from vpccni.core.driver_api import DriverInfo
+from vpccni.core.errors import CniError
 from vpccni.drivers.test_veth import TestVethDriver
 
 #: The upstream misc/10-aws.conflist, rendered with the defaults of an IPv4 cluster,
@@ -202,3 +203,29 @@ def test_runtime_config_port_mappings_are_validated(tmp_path: Path) -> None:
 def test_error_reply_speaks_the_configuration_version(tmp_path: Path) -> None:
     conf = {**fake_conf(tmp_path, "0.4.0"), "vethPrefix": "abcdef"}
     assert _del(tmp_path, conf).error["cniVersion"] == "0.4.0"
+
+
+# The ipamd section of a type whose schema does not describe it (egress-cni): found by the
+# bad-input property test as a KeyError traceback (code 999) on DEL.
+@pytest.mark.parametrize(
+    ("section", "named"),
+    [
+        ({"backend": "fake", "stateFile": "/x/ipam.json"}, "'pools' is a required property"),
+        (5, "5 is not of type 'object'"),
+        ({"socket": "relative.sock"}, "$.ipamd.socket"),
+    ],
+)
+def test_an_ipamd_section_no_type_schema_checks_is_checked_on_use(section: Any, named: str) -> None:
+    conf = {"cniVersion": "1.0.0", "name": "n", "type": "egress-cni", "ipamd": section}
+    with pytest.raises(CniError) as info:
+        netconf.ipamd_section(conf)
+    assert info.value.code == 7
+    assert "$.ipamd" in str(info.value)
+    assert named in str(info.value)
+
+
+def test_a_valid_ipamd_section_is_returned_as_given() -> None:
+    section = {"backend": "fake", "stateFile": "/x/ipam.json", "pools": ["10.0.0.0/30"]}
+    for plugin_type in ("egress-cni", "aws-cni"):
+        conf = {"cniVersion": "1.0.0", "name": "n", "type": plugin_type, "ipamd": section}
+        assert netconf.ipamd_section(conf) == section
