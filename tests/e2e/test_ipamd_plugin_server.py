@@ -78,9 +78,9 @@ def serving_pid(log: Path, socket_path: Path, not_pid: int | None = None) -> int
     return pids[-1] if accepts(socket_path) else None
 
 
-def test_ipamd_starts_restarts_and_stops_the_plugin_server(
-    sim_factory: Callable[..., SimHandle], tmp_path: Path
-) -> None:
+def node_with_server(sim_factory: Callable[..., SimHandle], tmp_path: Path) -> tuple[SimNode, Path]:
+    """One m5.large node whose ipamd runs a plugin server on ``<tmp>/plugin.sock``, and
+    the launcher install-cni writes for that socket on its CNI_PATH (not started yet)."""
     sim = sim_factory(nodes=1, instance_type="m5.large")
     plugin_socket = tmp_path / "plugin.sock"
     launcher = install_launcher(tmp_path / "bin", plugin_socket)
@@ -91,6 +91,13 @@ def test_ipamd_starts_restarts_and_stops_the_plugin_server(
         {"VPCCNI_PLUGIN_SERVER_SOCKET_PATH": str(plugin_socket), "WARM_IP_TARGET": "3"},
         cni_path=[str(launcher.parent), str(GO_PLUGIN_DIR)],
     )
+    return node, plugin_socket
+
+
+def test_ipamd_starts_restarts_and_stops_the_plugin_server(
+    sim_factory: Callable[..., SimHandle], tmp_path: Path
+) -> None:
+    node, plugin_socket = node_with_server(sim_factory, tmp_path)
     # ipamd logs to <dir>/ipamd.log (IpamdProcess): the server's log is next to it.
     server_log = node.dir / "plugin-server.log"
     with node:
@@ -125,16 +132,7 @@ def test_ipamd_starts_restarts_and_stops_the_plugin_server(
 def test_a_server_left_by_a_killed_ipamd_is_taken_over_once_it_goes(
     sim_factory: Callable[..., SimHandle], tmp_path: Path
 ) -> None:
-    sim = sim_factory(nodes=1, instance_type="m5.large")
-    plugin_socket = tmp_path / "plugin.sock"
-    launcher = install_launcher(tmp_path / "bin", plugin_socket)
-    node = SimNode(
-        sim,
-        "node0",
-        tmp_path,
-        {"VPCCNI_PLUGIN_SERVER_SOCKET_PATH": str(plugin_socket), "WARM_IP_TARGET": "3"},
-        cni_path=[str(launcher.parent), str(GO_PLUGIN_DIR)],
-    )
+    node, plugin_socket = node_with_server(sim_factory, tmp_path)
     server_log = node.dir / "plugin-server.log"
     ipamd_log = Path(node.ipamd.log_file)
     orphan: int | None = None
