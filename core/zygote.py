@@ -438,6 +438,7 @@ def serve(
     )
     # Children tell the server "took a connection" and "the ipamd socket I used" here.
     events_r, events_w = os.pipe2(os.O_CLOEXEC)
+    os.set_blocking(events_r, False)  # read whenever the loop turns, not only after select
     # Signals wake the loop at once (SIGCHLD: respawn; SIGTERM: stop).
     wake_r, wake_w = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
     waiting: set[int] = set()  # forked, not yet reported a connection
@@ -461,12 +462,12 @@ def serve(
     def stop(signum: int, _frame: Any) -> None:
         stopping.append(signum)
 
-    def spawn() -> None:
+    def spawn() -> bool:
         try:
             pid = os.fork()
         except OSError as exc:
             log.error("fork failed: %r", exc)
-            return
+            return False
         if pid == 0:
             signal.set_wakeup_fd(-1)  # before closing it: the fd number gets reused
             os.close(events_r)
@@ -474,16 +475,35 @@ def serve(
             os.close(wake_w)
             _idle_child(listener, events_w, log, parent, learned[0])  # never returns
         waiting.add(pid)
+        return True
 
     signal.signal(signal.SIGCHLD, reap)
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
     old_wakeup = signal.set_wakeup_fd(wake_w)
-    pending = b""
+    pending = [b""]
+
+    def read_events() -> None:
+        try:
+            pending[0] += os.read(events_r, 65536)
+        except BlockingIOError:
+            return
+        *lines, pending[0] = pending[0].split(b"\n")
+        for line in lines:
+            kind, value = line[:1], line[1:]
+            if kind == b"T" and int(value) in waiting:
+                waiting.discard(int(value))
+                busy.add(int(value))
+            elif kind == b"I":
+                learned[0] = value.decode("utf-8", "surrogateescape")
+
     if ready is not None:
         ready()
     try:
         while not stopping:
+            # Before the exits: a child that took a request and already ended must count
+            # as serving, not as an idle child that died.
+            read_events()
             idle_deaths = 0
             while exited:
                 pid, status = exited.pop()
@@ -498,20 +518,13 @@ def serve(
             if not idle_deaths:
                 # Children dying before any request: do not fork in a tight loop.
                 while len(waiting) < idle and len(waiting) + len(busy) < MAX_CHILDREN:
-                    spawn()
+                    if not spawn():
+                        break  # fork failed (logged): again on the next turn, not in a loop
             ready_fds, _, _ = select.select([events_r, wake_r], [], [], 0.5)
             if wake_r in ready_fds:
                 _drain(wake_r)
             if events_r in ready_fds:
-                pending += os.read(events_r, 65536)
-                *lines, pending = pending.split(b"\n")
-                for line in lines:
-                    kind, value = line[:1], line[1:]
-                    if kind == b"T" and int(value) in waiting:
-                        waiting.discard(int(value))
-                        busy.add(int(value))
-                    elif kind == b"I":
-                        learned[0] = value.decode("utf-8", "surrogateescape")
+                read_events()
     finally:
         signal.set_wakeup_fd(old_wakeup)
         try:
@@ -557,9 +570,12 @@ def _idle_child(listener: Any, events: int, log: Any, parent: int, ipamd: str | 
         if os.getppid() != parent:
             os._exit(0)
         if ipamd and os.path.exists(ipamd):
-            from vpccni.core import ipam_grpc  # noqa: PLC0415
+            try:
+                from vpccni.core import ipam_grpc  # noqa: PLC0415
 
-            ipam_grpc.prepare_channel(ipamd)
+                ipam_grpc.prepare_channel(ipamd)
+            except Exception as exc:  # noqa: BLE001 - a speed-up only: serve without it
+                log.warning("idle child: no ipamd channel prepared: %r", exc)
         listener.settimeout(None)
         while True:
             try:

@@ -490,3 +490,18 @@ def alive(pid: int) -> bool:
     except OSError:
         return False
     return not re.search(r"^State:\s+Z", state, re.M)
+
+
+def test_children_that_end_right_after_their_request_are_not_taken_for_dead_idle_ones(
+    node: Node,
+) -> None:
+    server = node.server()
+    env = cni_env("ADD", container_id=None, netns=None)  # refused at once: code 4
+    for _ in range(30):
+        assert node.call("ADD", fake_conf(node.tmp, "1.0.0"), via_server=True, env=env).code == 4
+    wait_until(
+        "the idle children",
+        lambda: len(children_of(server.pid)) == IDLE_CHILDREN and not zombies_of(server.pid),
+    )
+    assert not re.search(r"idle child \d+ ended", server.log_text())
+    assert server.log_text().count("imported after the fork") == 30
