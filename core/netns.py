@@ -71,6 +71,15 @@ def _libc_setns() -> Any:
     return _setns
 
 
+def setns_or_raise(fd: int, path: str) -> None:
+    """Move the calling thread into the network namespace of ``fd`` (opened from
+    ``path``, named in the error)."""
+    try:
+        _libc_setns()(fd, CLONE_NEWNET)
+    except OSError as exc:
+        raise OSError(exc.errno, f"setns({path}): {exc.strerror}") from None
+
+
 def _ns_id(st: os.stat_result) -> tuple[int, int]:
     return st.st_dev, st.st_ino
 

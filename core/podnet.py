@@ -60,6 +60,7 @@ from typing import Any
 
 from vpccni.core import errors
 from vpccni.core import names
+from vpccni.core import netns
 from vpccni.core import rtnl
 from vpccni.core.invocation import Invocation
 from vpccni.core.rtnl import Request
@@ -85,7 +86,6 @@ IFA_F_DADFAILED = 0x08
 #: upstream: poll every 50 ms for at most 10 s until the pod's IPv6 addresses are stable
 DAD_POLL_SECONDS = 0.05
 DAD_TIMEOUT_SECONDS = 10.0
-CLONE_NEWNET = 0x40000000
 
 _AF = {4: socket.AF_INET, 6: socket.AF_INET6}
 _RTMSG = rtnl.RTMSG
@@ -523,18 +523,13 @@ def run_in_netns(netns_path: str, func: Callable[[], None]) -> None:
     setns(2) switches only the calling thread, so a throw-away thread enters the pod's
     namespace, works and ends: no thread of this process ever stays in the wrong namespace,
     and nothing forks (gRPC, ipamd's client, does not survive a fork)."""
-    import ctypes  # noqa: PLC0415 - IPv6 pods only: keep it off the IPv4 ADD path
-
     errors_seen: list[BaseException] = []
 
     def worker() -> None:
         try:
-            libc = ctypes.CDLL(None, use_errno=True)
-            fd = os.open(netns_path, os.O_RDONLY)
+            fd = os.open(netns_path, os.O_RDONLY | os.O_CLOEXEC)
             try:
-                if libc.setns(fd, CLONE_NEWNET) != 0:
-                    err = ctypes.get_errno()
-                    raise OSError(err, f"setns({netns_path}): {os.strerror(err)}")
+                netns.setns_or_raise(fd, netns_path)
             finally:
                 os.close(fd)
             func()
